@@ -1,0 +1,86 @@
+"""Settings read from the environment once, at start-up (every variable is ASSAY_*)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./assay.db"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Requests per minute per API key; 0 turns rate limiting off.
+    rate_limit: int = 600
+    # Largest accepted request body, in bytes.
+    max_body_bytes: int = 1_048_576
+    # Oldest `dreadnode-sdk/<version>` user agent accepted; older ones get 426.
+    min_client_version: str = "2.0.0"
+    default_task_timeout_sec: int = 1800
+    default_max_retries: int = 2
+    # os.pathsep-separated folders of extra task bundles, beside the shipped `tasks/`.
+    task_paths: tuple[str, ...] = ()
+    # Fernet key (urlsafe base64, 32 bytes) that encrypts secret values at rest. When unset,
+    # a key file next to a SQLite database is created on first start (embedded default).
+    secret_key: str | None = None
+    secret_key_file: str | None = None
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Seconds an authenticated API key stays cached in a server process; a revoked key stops
+    # working within this bound.
+    auth_cache_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(f"ASSAY_{name}")
+            return value if value not in (None, "") else None
+
+        values: dict[str, object] = {}
+        for field, convert in (
+            ("database_url", str),
+            ("host", str),
+            ("port", int),
+            ("rate_limit", int),
+            ("max_body_bytes", int),
+            ("min_client_version", str),
+            ("default_task_timeout_sec", int),
+            ("default_max_retries", int),
+            ("secret_key", str),
+            ("secret_key_file", str),
+            ("log_level", str),
+            ("auth_cache_seconds", float),
+        ):
+            raw = get(field.upper())
+            if raw is not None:
+                try:
+                    values[field] = convert(raw)
+                except ValueError as exc:
+                    raise ValueError(f"ASSAY_{field.upper()}={raw!r} is not a valid {convert.__name__}") from exc
+        raw_json = get("LOG_JSON")
+        if raw_json is not None:
+            values["log_json"] = raw_json.lower() not in ("0", "false", "no")
+        raw_paths = get("TASK_PATHS")
+        if raw_paths is not None:
+            values["task_paths"] = tuple(p for p in raw_paths.split(os.pathsep) if p)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def resolved_secret_key_file(self) -> Path:
+        """Where the embedded default keeps its generated encryption key."""
+        if self.secret_key_file:
+            return Path(self.secret_key_file)
+        if self.is_sqlite and ":///" in self.database_url:
+            db_path = self.database_url.split(":///", 1)[1]
+            if db_path and db_path != ":memory:":
+                return Path(db_path).with_suffix(".secret-key")
+        return Path(".assay") / "secret-key"

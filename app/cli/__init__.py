@@ -1,0 +1,22 @@
+"""The `assay` command: one click group, one module per sub-command family."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="assay")
+def main() -> None:
+    """Assay: an event-sourced evaluation service for AI security agents."""
+
+
+def _register() -> None:
+    # Sub-command modules import heavy dependencies; they attach themselves to `main` here.
+    from app.cli import admin, db, projections, serve
+
+    for module in (admin, db, projections, serve):
+        main.add_command(module.group)
+
+
+_register()

@@ -1,0 +1,15 @@
+"""What the domain refuses, as exceptions the application maps to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A command the current state does not allow."""
+
+
+class IllegalTransition(DomainError):
+    """The command does not apply to the aggregate's current state (HTTP 409)."""
+
+
+class InvalidCommand(DomainError):
+    """The command is malformed regardless of state (HTTP 422)."""

@@ -1,0 +1,48 @@
+"""Engine factory: one place that knows how each dialect is tuned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+# Execution option a connection sets before it begins a transaction that will write.
+WRITE_OPTION = "assay_write"
+
+
+def is_sqlite_url(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """An async engine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs."""
+    if is_sqlite_url(url):
+        engine = create_async_engine(url, poolclass=NullPool if ":memory:" in url else None)
+        _tune_sqlite(engine)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    # WAL lets readers run beside the one writer; `isolation_level=None` hands transaction
+    # control to us so every append can open with BEGIN IMMEDIATE (commit order == position order).
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the database lock up front; readers begin deferred and never block them.
+        writing = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")

@@ -1,0 +1,303 @@
+"""The append-only event store on SQLAlchemy Core, for SQLite and PostgreSQL.
+
+Appends are coalesced: concurrent `append` calls queue their units, and one drain task
+commits as many as are waiting in a single transaction (group commit). That turns the
+per-append cost of a transaction and its driver round trips into a per-batch cost, which is
+what lets the write path keep up with the raw driver (see scripts/bench_api.py). A batch that
+fails is retried one unit per transaction, so one unit's conflict never fails its neighbours.
+
+Global order equals commit order: on SQLite every append transaction is BEGIN IMMEDIATE (one
+writer at a time); on PostgreSQL it first takes one transaction-scoped advisory lock, so a
+position is never visible before a smaller one commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from infrastructure.db.append_only import VERSION_GAP_MESSAGE
+from infrastructure.db.engine import WRITE_OPTION
+from infrastructure.db.store_tables import events
+
+# One constant key for the advisory lock that orders every append on PostgreSQL.
+APPEND_LOCK_KEY = 0x61737361  # "assa"
+MAX_BATCH_UNITS = 256
+
+
+class ConcurrencyConflict(Exception):
+    """A stream was not at the expected version (someone else appended first)."""
+
+
+class IdempotencyConflict(Exception):
+    """An event id was appended before with a different payload."""
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    event_type: str
+    data: str
+    metadata: str = "{}"
+    schema_version: int = 1
+
+
+class StreamAppend(msgspec.Struct, frozen=True, kw_only=True):
+    stream_type: str
+    stream_id: str
+    # The stream's version before this append: 0 for a new stream.
+    expected_version: int
+    events: Sequence[NewEvent]
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: str
+    stream_type: str
+    stream_id: str
+    stream_version: int
+    event_type: str
+    schema_version: int
+    data: str
+    metadata: str
+    recorded_at: str
+
+
+# Runs inside the append transaction with the events just inserted (inline projections).
+InTransaction = Callable[[AsyncConnection, list[RecordedEvent]], Awaitable[None]]
+# Runs after a batch commits, with every unit's recorded events (read-model caches).
+AfterCommit = Callable[[list[RecordedEvent]], None]
+
+
+class _Unit:
+    __slots__ = ("appends", "future", "recorded_at")
+
+    def __init__(self, appends: Sequence[StreamAppend], recorded_at: str) -> None:
+        self.appends = appends
+        self.recorded_at = recorded_at
+        self.future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+
+
+_INSERT = events.insert().returning(events.c.position, sort_by_parameter_order=True)
+_COLUMNS = (
+    events.c.position,
+    events.c.event_id,
+    events.c.stream_type,
+    events.c.stream_id,
+    events.c.stream_version,
+    events.c.event_type,
+    events.c.schema_version,
+    events.c.data,
+    events.c.metadata,
+    events.c.recorded_at,
+)
+_SELECT = sa.select(*_COLUMNS)
+_READ_STREAM = _SELECT.where(
+    events.c.stream_type == sa.bindparam("stream_type"),
+    events.c.stream_id == sa.bindparam("stream_id"),
+    events.c.stream_version > sa.bindparam("after_version"),
+).order_by(events.c.stream_version)
+_READ_STREAMS = _SELECT.where(
+    events.c.stream_type == sa.bindparam("stream_type"),
+    events.c.stream_id.in_(sa.bindparam("stream_ids", expanding=True)),
+).order_by(events.c.position)
+_READ_ALL = (
+    _SELECT.where(events.c.position > sa.bindparam("after"))
+    .order_by(events.c.position)
+    .limit(sa.bindparam("limit"))
+)
+_BY_EVENT_IDS = _SELECT.where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+_LAST_POSITION = sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))
+_PG_LOCK = sa.text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+
+
+def _row(row: Any) -> RecordedEvent:
+    return RecordedEvent(
+        position=row[0],
+        event_id=row[1],
+        stream_type=row[2],
+        stream_id=row[3],
+        stream_version=row[4],
+        event_type=row[5],
+        schema_version=row[6],
+        data=row[7],
+        metadata=row[8],
+        recorded_at=row[9],
+    )
+
+
+class EventStore:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        in_transaction: InTransaction | None = None,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
+        self.engine = engine
+        self._is_postgres = engine.dialect.name == "postgresql"
+        self._in_transaction = in_transaction
+        self._after_commit = after_commit
+        self._pending: list[_Unit] = []
+        self._drain_task: asyncio.Task[None] | None = None
+
+    # ---- writing ----
+
+    async def append(
+        self, appends: Sequence[StreamAppend], *, recorded_at: str
+    ) -> list[RecordedEvent]:
+        """Append atomically to one or more streams; returns the recorded events in order.
+
+        Raises ConcurrencyConflict when a stream is not at its expected version and
+        IdempotencyConflict when an event id was used before for another event. Re-appending
+        exactly the same events (same ids and payloads) returns their original records.
+        """
+        unit = _Unit(appends, recorded_at)
+        self._pending.append(unit)
+        if self._drain_task is None or self._drain_task.done():
+            # The drain runs as its own task so a cancelled request cannot interrupt a commit.
+            self._drain_task = asyncio.create_task(self._drain())
+        return await asyncio.shield(unit.future)
+
+    async def close(self) -> None:
+        if self._drain_task is not None:
+            await asyncio.gather(self._drain_task, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_BATCH_UNITS]
+            del self._pending[:MAX_BATCH_UNITS]
+            try:
+                await self._commit(batch)
+            except (IntegrityError, DBAPIError) as exc:
+                if len(batch) == 1:
+                    await self._settle_failure(batch[0], exc)
+                else:
+                    for unit in batch:
+                        await self._commit_alone(unit)
+            except BaseException as exc:
+                for unit in batch:
+                    if not unit.future.done():
+                        unit.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _commit_alone(self, unit: _Unit) -> None:
+        try:
+            await self._commit([unit])
+        except (IntegrityError, DBAPIError) as exc:
+            await self._settle_failure(unit, exc)
+        except Exception as exc:
+            unit.future.set_exception(exc)
+
+    async def _commit(self, batch: list[_Unit]) -> None:
+        rows: list[dict[str, Any]] = []
+        for unit in batch:
+            for append in unit.appends:
+                for offset, event in enumerate(append.events, start=1):
+                    rows.append(
+                        {
+                            "event_id": event.event_id,
+                            "stream_type": append.stream_type,
+                            "stream_id": append.stream_id,
+                            "stream_version": append.expected_version + offset,
+                            "event_type": event.event_type,
+                            "schema_version": event.schema_version,
+                            "data": event.data,
+                            "metadata": event.metadata,
+                            "recorded_at": unit.recorded_at,
+                        }
+                    )
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                if self._is_postgres:
+                    await conn.execute(_PG_LOCK)
+                recorded: list[RecordedEvent] = []
+                if rows:
+                    result = await conn.execute(_INSERT, rows)
+                    for row, (position,) in zip(rows, result.all(), strict=True):
+                        recorded.append(RecordedEvent(position=position, **row))
+                if self._in_transaction is not None and recorded:
+                    await self._in_transaction(conn, recorded)
+        if self._after_commit is not None and recorded:
+            self._after_commit(recorded)
+        cursor = 0
+        for unit in batch:
+            count = sum(len(a.events) for a in unit.appends)
+            unit.future.set_result(recorded[cursor : cursor + count])
+            cursor += count
+
+    async def _settle_failure(self, unit: _Unit, exc: Exception) -> None:
+        """Tell an idempotent re-append from a real conflict after a failed single commit."""
+        is_conflict = isinstance(exc, IntegrityError) or VERSION_GAP_MESSAGE in str(exc)
+        if not is_conflict:
+            unit.future.set_exception(exc)
+            return
+        wanted = [(a, e) for a in unit.appends for e in a.events]
+        existing = {r.event_id: r for r in await self.events_by_id([e.event_id for _, e in wanted])}
+        if not existing:
+            names = ", ".join(f"{a.stream_type}/{a.stream_id}@{a.expected_version}" for a in unit.appends)
+            unit.future.set_exception(ConcurrencyConflict(f"stream moved past expected version: {names}"))
+            return
+        same = len(existing) == len(wanted) and all(
+            (r := existing.get(e.event_id)) is not None
+            and (r.stream_type, r.stream_id, r.event_type, r.data)
+            == (a.stream_type, a.stream_id, e.event_type, e.data)
+            for a, e in wanted
+        )
+        if same:
+            unit.future.set_result([existing[e.event_id] for _, e in wanted])
+        else:
+            unit.future.set_exception(
+                IdempotencyConflict("event id already used for a different event")
+            )
+
+    # ---- reading ----
+
+    async def read_stream(
+        self, stream_type: str, stream_id: str, *, after_version: int = 0
+    ) -> list[RecordedEvent]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                _READ_STREAM,
+                {"stream_type": stream_type, "stream_id": stream_id, "after_version": after_version},
+            )
+            return [_row(r) for r in result.all()]
+
+    async def read_streams(
+        self, stream_type: str, stream_ids: Sequence[str]
+    ) -> dict[str, list[RecordedEvent]]:
+        """Several streams of one type at once, each in version order."""
+        found: dict[str, list[RecordedEvent]] = {sid: [] for sid in stream_ids}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(stream_ids), 500):
+                chunk = list(stream_ids[start : start + 500])
+                result = await conn.execute(
+                    _READ_STREAMS, {"stream_type": stream_type, "stream_ids": chunk}
+                )
+                for r in result.all():
+                    found[r[3]].append(_row(r))
+        return found
+
+    async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Events in global (commit) order, strictly after `after_position`."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(_READ_ALL, {"after": after_position, "limit": limit})
+            return [_row(r) for r in result.all()]
+
+    async def events_by_id(self, event_ids: Sequence[str]) -> list[RecordedEvent]:
+        if not event_ids:
+            return []
+        async with self.engine.connect() as conn:
+            result = await conn.execute(_BY_EVENT_IDS, {"ids": list(event_ids)})
+            return [_row(r) for r in result.all()]
+
+    async def last_position(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(_LAST_POSITION)).scalar_one())

@@ -1,0 +1,165 @@
+"""Inline read models: evaluation and item rows, folded from events in the append transaction.
+
+`Projector` is the one place that turns events into rows. It runs inside every append (so a
+client reads its own writes) and, pointed at scratch tables, it is also what rebuilds and
+verifies the read models from the log (`infrastructure.rebuild`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from domain import evaluation as ev
+from domain import item as it
+from domain.projections import EvaluationView, ItemView, Views, project
+from infrastructure import codec
+from infrastructure.db.store_tables import evaluations, items
+from infrastructure.eventstore import RecordedEvent
+
+_encoder = msgspec.json.Encoder()
+_evaluation_decoder = msgspec.json.Decoder(EvaluationView)
+_item_decoder = msgspec.json.Decoder(ItemView)
+
+
+def decode_evaluation(doc: str | bytes) -> EvaluationView:
+    return _evaluation_decoder.decode(doc)
+
+
+def decode_item(doc: str | bytes) -> ItemView:
+    return _item_decoder.decode(doc)
+
+
+def evaluation_row(view: EvaluationView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "org_id": view.org_id,
+        "workspace_id": view.workspace_id,
+        "project_id": view.config.project_id,
+        "created_by": view.created_by.user_id if view.created_by else None,
+        "status": view.status,
+        "created_at": view.created_at,
+        "last_position": view.last_position,
+        "doc": _encoder.encode(view).decode(),
+    }
+
+
+def item_row(view: ItemView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "evaluation_id": view.evaluation_id,
+        "position": view.position,
+        "status": view.status,
+        "last_position": view.last_position,
+        "doc": _encoder.encode(view).decode(),
+    }
+
+
+class _Statements:
+    """Statements for one pair of tables, built once (building costs more than running)."""
+
+    def __init__(self, evaluation_table: sa.Table, item_table: sa.Table) -> None:
+        e, i = evaluation_table, item_table
+        self.load_evaluations = sa.select(e.c.doc).where(
+            e.c.id.in_(sa.bindparam("ids", expanding=True))
+        )
+        self.load_items = sa.select(i.c.doc).where(i.c.id.in_(sa.bindparam("ids", expanding=True)))
+        self.insert_evaluation = e.insert()
+        self.insert_item = i.insert()
+        self.update_evaluation = (
+            e.update()
+            .where(e.c.id == sa.bindparam("b_id"))
+            .values(
+                {
+                    c.name: sa.bindparam(f"b_{c.name}")
+                    for c in e.columns
+                    if c.name in ("status", "project_id", "last_position", "doc")
+                }
+            )
+        )
+        self.update_item = (
+            i.update()
+            .where(i.c.id == sa.bindparam("b_id"))
+            .values(
+                {
+                    c.name: sa.bindparam(f"b_{c.name}")
+                    for c in i.columns
+                    if c.name in ("status", "last_position", "doc")
+                }
+            )
+        )
+
+
+def _prefixed(row: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {f"b_{k}": row[k] for k in keys}
+
+
+class Projector:
+    """Folds recorded events into evaluation and item rows of the given tables."""
+
+    def __init__(self, evaluation_table: sa.Table = evaluations, item_table: sa.Table = items):
+        self._sql = _Statements(evaluation_table, item_table)
+
+    async def __call__(self, conn: AsyncConnection, recorded: list[RecordedEvent]) -> None:
+        decoded = [(codec.decode(r), codec.envelope(r)) for r in recorded]
+        created_evaluations = {
+            e.evaluation_id for e, _ in decoded if isinstance(e, ev.EvaluationCreated)
+        }
+        created_items = {e.item_id for e, _ in decoded if isinstance(e, it.ItemQueued)}
+        touched_items = {
+            e.item_id for e, _ in decoded if isinstance(e, it.ITEM_EVENTS)
+        } - created_items
+        touched_evaluations = {e.evaluation_id for e, _ in decoded} - created_evaluations
+
+        views = Views()
+        if touched_evaluations:
+            result = await conn.execute(
+                self._sql.load_evaluations, {"ids": sorted(touched_evaluations)}
+            )
+            for (doc,) in result.all():
+                view = decode_evaluation(doc)
+                views.evaluations[view.id] = view
+        if touched_items:
+            result = await conn.execute(self._sql.load_items, {"ids": sorted(touched_items)})
+            for (doc,) in result.all():
+                item_view = decode_item(doc)
+                views.items[item_view.id] = item_view
+        existing_evaluations = set(views.evaluations)
+        existing_items = set(views.items)
+
+        for event, envelope in decoded:
+            project(views, event, envelope)
+
+        await self._write(
+            conn,
+            [evaluation_row(v) for k, v in views.evaluations.items() if k not in existing_evaluations],
+            [evaluation_row(v) for k, v in views.evaluations.items() if k in existing_evaluations],
+            [item_row(v) for k, v in views.items.items() if k not in existing_items],
+            [item_row(v) for k, v in views.items.items() if k in existing_items],
+        )
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        new_evaluations: list[dict[str, Any]],
+        changed_evaluations: list[dict[str, Any]],
+        new_items: list[dict[str, Any]],
+        changed_items: list[dict[str, Any]],
+    ) -> None:
+        sql = self._sql
+        if new_evaluations:
+            await conn.execute(sql.insert_evaluation, new_evaluations)
+        if changed_evaluations:
+            keys = ("id", "status", "project_id", "last_position", "doc")
+            await conn.execute(
+                sql.update_evaluation, [_prefixed(r, keys) for r in changed_evaluations]
+            )
+        if new_items:
+            await conn.execute(sql.insert_item, new_items)
+        if changed_items:
+            keys = ("id", "status", "last_position", "doc")
+            await conn.execute(sql.update_item, [_prefixed(r, keys) for r in changed_items])

@@ -1,0 +1,203 @@
+"""Evaluation routes under /api/v1/org/{org}/ws/{ws}: create, list, get, cancel, retry, items."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from app.api.openapi import errors_for
+from app.api.schemas import (
+    CreateEvaluationRequest,
+    EvaluationHistory,
+    EvaluationList,
+    EvaluationResponse,
+    HistoryEvent,
+    ItemList,
+    ItemResponse,
+    evaluation_response,
+    item_response,
+)
+from app.auth import Scope
+from app.container import Container
+from app.errors import ApiError, not_found
+from app.services.evaluations import CommandContext
+from domain import analytics
+from domain.evaluation import EVALUATION_STATUSES
+from domain.item import ITEM_STATUSES
+from domain.projections import EvaluationView, ItemView
+from infrastructure import codec
+
+
+def container_of(request: Request[Any, Any, Any]) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+async def resolve_scope(request: Request[Any, Any, Any], org: str, ws: str) -> Scope:
+    container = container_of(request)
+    principal = await container.authenticator.principal(request)
+    return await container.authenticator.scope(principal, org, ws)
+
+
+def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
+    return CommandContext(
+        principal=tenant.principal,
+        org_id=tenant.org.id,
+        workspace_id=tenant.workspace.id,
+        request_id=request.scope.get("state", {}).get("request_id"),
+    )
+
+
+async def _evaluation(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> EvaluationView:
+    queries = container_of(request).queries
+    evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
+    view = await queries.evaluation(evaluation_id) if evaluation_id else None
+    if view is None or view.workspace_id != tenant.workspace.id:
+        raise not_found(f"evaluation {raw_id!r}")
+    return view
+
+
+async def _item(request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str) -> ItemView:
+    queries = container_of(request).queries
+    item_id = await queries.resolve_item_id(evaluation.id, raw_id)
+    item = await queries.item(evaluation.id, item_id) if item_id else None
+    if item is None:
+        raise not_found(f"item {raw_id!r}")
+    return item
+
+
+PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
+PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
+
+
+class EvaluationController(Controller):
+    path = "/api/v1/org/{org:str}/ws/{ws:str}"
+    tags = ["evaluations"]
+    dependencies = {"tenant": Provide(resolve_scope)}
+
+    @post("/evaluation", status_code=201, responses=errors_for(400, 401, 403, 404, 413, 415, 422, 426, 429))
+    async def create_evaluation(
+        self, request: Request[Any, Any, Any], tenant: Scope, data: CreateEvaluationRequest
+    ) -> EvaluationResponse:
+        """Create an evaluation: one queued item per task name or dataset row."""
+        service = container_of(request).evaluations
+        return evaluation_response(await service.create(_context(request, tenant), data))
+
+    @get("/evaluations", responses=errors_for(400, 401, 404, 426, 429))
+    async def list_evaluations(
+        self,
+        request: Request[Any, Any, Any],
+        tenant: Scope,
+        page: PageNumber = 1,
+        page_size: PageSize = 50,
+        status: str | None = None,
+        project_id: str | None = None,
+    ) -> EvaluationList:
+        """Evaluations of the workspace, newest first."""
+        if status is not None and status not in EVALUATION_STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(EVALUATION_STATUSES)}")
+        found = await container_of(request).queries.list_evaluations(
+            tenant.workspace.id, page=page, page_size=page_size, status=status, project_id=project_id
+        )
+        return EvaluationList(
+            items=[evaluation_response(v) for v in found.items],
+            total=found.total,
+            page=page,
+            page_size=page_size,
+        )
+
+    @get("/evaluation/{evaluation_id:str}", responses=errors_for(401, 404, 409, 426, 429))
+    async def get_evaluation(
+        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+    ) -> EvaluationResponse:
+        """One evaluation by id or unique id prefix (at least 8 hex characters)."""
+        return evaluation_response(await _evaluation(request, tenant, evaluation_id))
+
+    @post("/evaluation/{evaluation_id:str}/cancel", status_code=200, responses=errors_for(401, 403, 404, 409, 426, 429))
+    async def cancel_evaluation(
+        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+    ) -> EvaluationResponse:
+        """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
+        view = await _evaluation(request, tenant, evaluation_id)
+        service = container_of(request).evaluations
+        return evaluation_response(await service.cancel(_context(request, tenant), view.id))
+
+    @post("/evaluation/{evaluation_id:str}/retry-failed", status_code=200, responses=errors_for(401, 403, 404, 409, 426, 429))
+    async def retry_failed(
+        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+    ) -> EvaluationResponse:
+        """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
+        view = await _evaluation(request, tenant, evaluation_id)
+        service = container_of(request).evaluations
+        return evaluation_response(await service.retry_failed(_context(request, tenant), view.id))
+
+    @get("/evaluation/{evaluation_id:str}/analytics", responses=errors_for(401, 404, 409, 426, 429))
+    async def get_analytics(
+        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+    ) -> analytics.Analytics:
+        """Pass rate, counts, per-task breakdown, durations and grouped errors."""
+        view = await _evaluation(request, tenant, evaluation_id)
+        items = await container_of(request).queries.items(view.id)
+        return analytics.compute(view, items)
+
+    @get("/evaluation/{evaluation_id:str}/items", responses=errors_for(400, 401, 404, 409, 426, 429))
+    async def list_items(
+        self,
+        request: Request[Any, Any, Any],
+        tenant: Scope,
+        evaluation_id: str,
+        status: str | None = None,
+    ) -> ItemList:
+        """The evaluation's items in position order, optionally filtered by status."""
+        if status is not None and status not in ITEM_STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(ITEM_STATUSES)}")
+        view = await _evaluation(request, tenant, evaluation_id)
+        items = await container_of(request).queries.items(view.id, status=status)
+        return ItemList(items=[item_response(i) for i in items], total=len(items))
+
+    @get("/evaluation/{evaluation_id:str}/items/{item_id:str}", responses=errors_for(401, 404, 409, 426, 429))
+    async def get_item(
+        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str, item_id: str
+    ) -> ItemResponse:
+        """One item by id or unique id prefix."""
+        view = await _evaluation(request, tenant, evaluation_id)
+        return item_response(await _item(request, view, item_id))
+
+    @get("/evaluation/{evaluation_id:str}/events", responses=errors_for(400, 401, 404, 409, 426, 429))
+    async def get_history(
+        self,
+        request: Request[Any, Any, Any],
+        tenant: Scope,
+        evaluation_id: str,
+        after: Annotated[int, Parameter(ge=0, description="only events after this position")] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
+    ) -> EvaluationHistory:
+        """The evaluation's history in commit order, for auditors: who did what, when."""
+        view = await _evaluation(request, tenant, evaluation_id)
+        records = await container_of(request).queries.evaluation_history(
+            view.id, after_position=after, limit=limit
+        )
+        events = []
+        for record in records:
+            metadata = codec.decode_metadata(record)
+            events.append(
+                HistoryEvent(
+                    position=record.position,
+                    event_id=record.event_id,
+                    stream_type=record.stream_type,
+                    stream_id=record.stream_id,
+                    stream_version=record.stream_version,
+                    type=record.event_type,
+                    schema_version=record.schema_version,
+                    data=msgspec.json.decode(record.data),
+                    actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
+                    request_id=metadata.request_id,
+                    recorded_at=record.recorded_at,
+                )
+            )
+        next_after = records[-1].position if len(records) == limit else None
+        return EvaluationHistory(evaluation_id=view.id, events=events, next_after=next_after)

@@ -1,0 +1,212 @@
+"""HTTP request and response bodies (msgspec), and the mapping from read-model views.
+
+Field names follow the wire contract of Dreadnode's evaluation API (shared/spec/api.md) so the
+published `dn` client reads them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from domain.evaluation import TERMINAL_STATUSES, CleanupPolicy, EvaluationStatus
+from domain.item import ItemStatus
+from domain.projections import EvaluationView, ItemView
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+DatasetValue = str | int | float | bool | None
+
+
+class CreateEvaluationRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Unknown fields are ignored, never rejected: the client forwards manifest keys."""
+
+    name: Name
+    model: Name | None = None
+    kind: str = "security_task_benchmark"
+    task_names: list[str] | None = None
+    dataset: dict[str, Any] | list[Any] | None = None
+    task_set: str | None = None
+    task_config: dict[str, Any] | None = None
+    agent_type: str | None = None
+    capability: str | None = None
+    cleanup_policy: CleanupPolicy = "always"
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    task_timeout_sec: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    project_id: str | None = None
+    runtime_id: str | None = None
+    sandbox_provider: str | None = None
+    secret_ids: list[str] | None = None
+    engine: str | None = None
+    max_steps: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    judge_model: str | None = None
+    model_overrides: dict[str, Any] | None = None
+    egress_overrides: Any = None
+
+
+class CreatedByUser(msgspec.Struct, frozen=True):
+    id: str
+    email: str
+    username: str
+    full_name: str | None
+
+
+class AnalyticsStatus(msgspec.Struct, frozen=True):
+    status: Literal["pending", "computing", "ready"]
+
+
+class EvaluationResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    kind: str
+    model: str | None
+    capability: str | None
+    agent_type: str | None
+    project_id: str | None
+    runtime_id: str | None
+    sandbox_provider: str
+    cleanup_policy: CleanupPolicy
+    requested_concurrency: int
+    effective_concurrency: int
+    task_timeout_sec: int
+    max_retries: int
+    dataset_size: int
+    status: EvaluationStatus
+    job_status: EvaluationStatus
+    item_counts: dict[str, int]
+    analytics: AnalyticsStatus
+    error_summary: str | None
+    queued_at: str
+    started_at: str | None
+    completed_at: str | None
+    created_at: str
+    updated_at: str
+    created_by: str | None
+    created_by_email: str | None
+    created_by_user: CreatedByUser | None
+
+
+class EvaluationList(msgspec.Struct, frozen=True):
+    items: list[EvaluationResponse]
+    total: int
+    page: int
+    page_size: int
+
+
+class ItemResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    evaluation_id: str
+    position: int
+    item_status: ItemStatus
+    status: ItemStatus
+    task_name_snapshot: str
+    task_ref: str
+    model: str | None
+    passed: bool | None
+    error: str | None
+    result_json: dict[str, Any] | None
+    metadata_json: dict[str, Any]
+    retry_count: int
+    max_retries: int
+    worker_id: str | None
+    lease_expires_at: str | None
+    session_id: str | None
+    queued_at: str
+    started_at: str | None
+    agent_finished_at: str | None
+    verified_at: str | None
+    completed_at: str | None
+    created_at: str
+
+
+class ItemList(msgspec.Struct, frozen=True):
+    items: list[ItemResponse]
+    total: int
+
+
+class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: str
+    stream_type: str
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    actor: dict[str, Any] | None
+    request_id: str | None
+    recorded_at: str
+
+
+class EvaluationHistory(msgspec.Struct, frozen=True):
+    evaluation_id: str
+    events: list[HistoryEvent]
+    next_after: int | None
+
+
+def evaluation_response(view: EvaluationView) -> EvaluationResponse:
+    config = view.config
+    actor = view.created_by
+    return EvaluationResponse(
+        id=view.id,
+        name=config.name,
+        kind=config.kind,
+        model=config.model,
+        capability=config.capability,
+        agent_type=config.agent_type,
+        project_id=config.project_id,
+        runtime_id=config.runtime_id,
+        sandbox_provider=config.sandbox_provider,
+        cleanup_policy=config.cleanup_policy,
+        requested_concurrency=config.concurrency,
+        # No worker pool caps an evaluation yet, so what is granted is what was asked.
+        effective_concurrency=config.concurrency,
+        task_timeout_sec=config.task_timeout_sec,
+        max_retries=config.max_retries,
+        dataset_size=view.dataset_size,
+        status=view.status,
+        job_status=view.status,
+        item_counts=view.item_counts,
+        analytics=AnalyticsStatus("ready" if view.status in TERMINAL_STATUSES else "pending"),
+        error_summary=view.error_summary,
+        queued_at=view.queued_at,
+        started_at=view.started_at,
+        completed_at=view.completed_at,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+        created_by=actor.user_id if actor else None,
+        created_by_email=actor.email if actor else None,
+        created_by_user=(
+            CreatedByUser(actor.user_id, actor.email, actor.username, actor.full_name)
+            if actor
+            else None
+        ),
+    )
+
+
+def item_response(view: ItemView) -> ItemResponse:
+    return ItemResponse(
+        id=view.id,
+        evaluation_id=view.evaluation_id,
+        position=view.position,
+        item_status=view.status,
+        status=view.status,
+        task_name_snapshot=view.task_name_snapshot,
+        task_ref=view.task_ref,
+        model=view.model,
+        passed=view.passed,
+        error=view.error,
+        result_json=view.result_json,
+        metadata_json=view.metadata_json,
+        retry_count=view.retry_count,
+        max_retries=view.max_retries,
+        worker_id=view.worker_id,
+        lease_expires_at=view.lease_expires_at,
+        session_id=view.session_id,
+        queued_at=view.queued_at,
+        started_at=view.started_at,
+        agent_finished_at=view.agent_finished_at,
+        verified_at=view.verified_at,
+        completed_at=view.completed_at,
+        created_at=view.created_at,
+    )

@@ -1,0 +1,169 @@
+"""Every failure becomes the spec's error envelope, here and nowhere else.
+
+    {"code": 422, "detail": "...", "type": "validation_error", "errors": [{"loc", "msg", "type"}]}
+
+Unexpected exceptions are logged with their traceback and answered with a 500 that carries
+only the request id: no stack trace, no SQL.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from domain.errors import IllegalTransition, InvalidCommand
+from infrastructure.eventstore import ConcurrencyConflict, IdempotencyConflict
+from infrastructure.identity.records import AlreadyExists, InvalidValue, NotFound
+from infrastructure.queries import AmbiguousId
+
+log = structlog.get_logger("assay.errors")
+
+TYPES_BY_STATUS = {
+    400: "bad_request",
+    401: "authentication_error",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    426: "upgrade_required",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: int
+    detail: str
+    type: str
+    errors: list[FieldError] | None = None
+    request_id: str | None = None
+
+
+class ApiError(Exception):
+    """An error the API answers on purpose, with its status and stable type."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type: str | None = None,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type = type or TYPES_BY_STATUS.get(status, "error")
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, f"{what} not found")
+
+
+def _respond(request: Request[Any, Any, Any], error: ApiError) -> Response[ErrorEnvelope]:
+    # Router-level failures (unknown route, wrong method) arrive before the request-id
+    # middleware runs; they still get an id to quote.
+    request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+    body = ErrorEnvelope(
+        code=error.status,
+        detail=error.detail,
+        type=error.type,
+        errors=error.errors,
+        request_id=request_id,
+    )
+    return Response(body, status_code=error.status, headers=error.headers)
+
+
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _validation_errors(exc: ValidationException) -> list[FieldError]:
+    found: list[FieldError] = []
+    for entry in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        message = str(entry.get("message", "invalid value"))
+        source = str(entry.get("source") or "body")
+        key = entry.get("key")
+        loc: list[str | int] = [source]
+        match = _AT_PATH.search(message)
+        if match:
+            message = message[: match.start()]
+            loc += [int(p) if p.isdigit() else p for p in re.findall(r"\w+", match["path"])]
+        elif key and key != "data":
+            loc.append(str(key))
+        found.append(FieldError(loc=loc, msg=message, type="value_error"))
+    return found
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
+    """The single exception handler registered on the app."""
+    return _respond(request, to_api_error(request, exc))
+
+
+def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
+    match exc:
+        case ApiError():
+            return exc
+        case ValidationException():
+            if request.method in ("GET", "DELETE"):
+                return ApiError(400, "invalid query parameters", errors=_validation_errors(exc))
+            return ApiError(422, "request body failed validation", errors=_validation_errors(exc))
+        case IllegalTransition() | IdempotencyConflict():
+            return ApiError(409, str(exc))
+        case ConcurrencyConflict():
+            return ApiError(409, str(exc), type="concurrency_conflict")
+        case AmbiguousId():
+            return ApiError(409, str(exc), type="ambiguous_id")
+        case InvalidCommand() | InvalidValue():
+            return ApiError(422, str(exc))
+        case AlreadyExists():
+            return ApiError(409, str(exc))
+        case NotFound():
+            return ApiError(404, str(exc))
+        case HTTPException():
+            status = exc.status_code
+            headers = dict(exc.headers or {})
+            if status == 429:
+                headers["Retry-After"] = headers.get("RateLimit-Reset", "60")
+                return ApiError(429, "rate limit exceeded; retry later", headers=headers)
+            if status == 400 and "malformed" in str(exc.detail).lower():
+                return ApiError(400, f"malformed JSON body: {exc.detail}")
+            detail = {
+                404: "no such route",
+                405: f"method {request.method} not allowed on this route",
+                413: "request body is too large",
+            }.get(status, str(exc.detail))
+            return ApiError(status, detail, headers=headers)
+    log.error(
+        "unhandled_exception",
+        path=request.url.path,
+        method=request.method,
+        exc_info=exc,
+    )
+    return ApiError(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal error; quote the request id when reporting it",
+    )

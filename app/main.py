@@ -1,0 +1,91 @@
+"""create_app(): the one composition root (settings, engine, routes, errors, middleware)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.config.app import AppConfig
+from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.types import ControllerRouterHandler
+
+from app.api.evaluations import EvaluationController
+from app.api.health import health, ready
+from app.api.scope import ScopeController
+from app.auth import raw_key_of
+from app.container import Container
+from app.errors import handle_exception
+from app.logging import configure_logging
+from app.middleware import check_client_version, check_json_body, request_id_middleware
+from infrastructure.settings import Settings
+
+ROUTES: list[ControllerRouterHandler] = [EvaluationController, ScopeController, health, ready]
+
+
+def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:
+    """Limits count per API key (hashed: keys never sit in memory stores), else per address."""
+    raw = raw_key_of(request)
+    if raw is None:
+        return f"addr:{get_remote_address(request)}"
+    return "key:" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        built = container or Container.build(settings)
+        app.state.container = built
+        try:
+            yield
+        finally:
+            await built.close()
+
+    async def before_request(request: Request[Any, Any, Any]) -> None:
+        check_client_version(request, settings.min_client_version)
+        check_json_body(request)
+
+    middleware: list[Any] = []
+    if settings.rate_limit > 0:
+        middleware.append(
+            RateLimitConfig(
+                rate_limit=("minute", settings.rate_limit),
+                identifier_for_request=_rate_limit_identity,
+                exclude=["/health", "/ready", "/schema"],
+            ).middleware
+        )
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        before_request=before_request,
+        middleware=[request_id_middleware, *middleware],
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Assay evaluation API",
+            version="1.0.0",
+            description=(
+                "Event-sourced evaluation jobs for AI security agents; wire-compatible with "
+                "Dreadnode's evaluation API. Errors share one envelope: "
+                "{code, detail, type, errors?, request_id}."
+            ),
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        on_app_init=[_no_debug],
+        debug=False,
+    )
+
+
+def _no_debug(config: AppConfig) -> AppConfig:
+    # Debug mode would put tracebacks into response bodies; never, whatever the environment says.
+    config.debug = False
+    return config

@@ -1,0 +1,314 @@
+"""Evaluation command handlers: validate against the outside world, load, decide, append.
+
+Every command either appends all of its events (and the read-model rows they imply, in the
+same transaction) or nothing. Lookups that can refuse a request (tasks, projects, runtimes,
+secrets, agents) all run before `decide`, so a refused command never reaches the store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from app.api.schemas import CreateEvaluationRequest
+from app.errors import ApiError, FieldError, not_found
+from domain import evaluation as ev
+from domain import item as it
+from domain.projections import Actor, EvaluationView
+from infrastructure import codec
+from infrastructure.agents.registry import agent_names, resolve_agent
+from infrastructure.eventstore import ConcurrencyConflict, EventStore
+from infrastructure.identity.records import Principal
+from infrastructure.identity.store import IdentityStore
+from infrastructure.queries import ReadModelQueries
+from infrastructure.settings import Settings
+from infrastructure.tasks import TaskCatalog, UnknownTask
+
+# Providers a sandbox can come from; `local` is the only one this build runs.
+SANDBOX_PROVIDERS = ("local",)
+SUPPORTED_KINDS = ("security_task_benchmark",)
+CONFLICT_RETRIES = 5
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def actor_of(principal: Principal) -> Actor:
+    user = principal.user
+    return Actor(
+        user_id=user.id, email=user.email, username=user.username, full_name=user.full_name
+    )
+
+
+class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
+    principal: Principal
+    org_id: str
+    workspace_id: str
+    request_id: str | None = None
+
+
+class EvaluationService:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        queries: ReadModelQueries,
+        identity: IdentityStore,
+        catalog: TaskCatalog,
+        settings: Settings,
+        clock: Callable[[], str] = utc_now,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.store = store
+        self.queries = queries
+        self.identity = identity
+        self.catalog = catalog
+        self.settings = settings
+        self.clock = clock
+        self.new_id = new_id
+
+    # ---- create ----
+
+    async def create(self, ctx: CommandContext, request: CreateEvaluationRequest) -> EvaluationView:
+        if not ctx.principal.can_create(ctx.org_id, ctx.workspace_id):
+            raise ApiError(403, "your role in this organization cannot create evaluations")
+        errors: list[FieldError] = []
+        specs = self._item_specs(request, errors)
+        self._check_agent(request, errors)
+        if request.kind not in SUPPORTED_KINDS:
+            errors.append(_field_error(["body", "kind"], f"kind must be one of {SUPPORTED_KINDS}"))
+        provider = request.sandbox_provider or "local"
+        if provider not in SANDBOX_PROVIDERS:
+            errors.append(
+                _field_error(
+                    ["body", "sandbox_provider"],
+                    f"unknown sandbox provider {provider!r}; registered: {', '.join(SANDBOX_PROVIDERS)}",
+                )
+            )
+        if errors:
+            raise ApiError(422, _summary(errors), errors=errors)
+        await self._check_references(ctx, request)
+
+        evaluation_id = self.new_id()
+        config = ev.EvaluationConfig(
+            name=request.name,
+            kind=request.kind,
+            model=request.model,
+            capability=request.capability,
+            agent_type=request.agent_type,
+            project_id=request.project_id,
+            runtime_id=request.runtime_id,
+            sandbox_provider=provider,
+            cleanup_policy=request.cleanup_policy,
+            concurrency=request.concurrency,
+            task_timeout_sec=request.task_timeout_sec or self.settings.default_task_timeout_sec,
+            max_retries=self.settings.default_max_retries,
+            secret_ids=tuple(request.secret_ids or ()),
+            task_config=request.task_config or {},
+            engine=request.engine,
+            max_steps=request.max_steps,
+            judge_model=request.judge_model,
+            model_overrides=request.model_overrides,
+            egress_overrides=request.egress_overrides,
+            task_set=request.task_set,
+        )
+        command = ev.CreateEvaluation(
+            evaluation_id=evaluation_id,
+            org_id=ctx.org_id,
+            workspace_id=ctx.workspace_id,
+            config=config,
+            items=tuple(specs),
+        )
+        new_events = ev.decide(None, {}, command)
+        await self.store.append(
+            codec.to_appends(new_events, {}, self._metadata(ctx)), recorded_at=self.clock()
+        )
+        return await self._view(evaluation_id)
+
+    def _item_specs(self, request: CreateEvaluationRequest, errors: list[FieldError]) -> list[ev.ItemSpec]:
+        rows: list[tuple[list[str | int], str, dict[str, Any]]] = []
+        if request.task_names:  # task_names wins over dataset
+            rows = [(["body", "task_names", i], ref, {}) for i, ref in enumerate(request.task_names)]
+        elif request.dataset is not None:
+            rows = _dataset_rows(request.dataset, errors)
+        elif request.task_set:
+            errors.append(
+                _field_error(
+                    ["body", "task_set"],
+                    "task sets are not available on this service; list tasks in task_names",
+                )
+            )
+            return []
+        if not rows and not errors:
+            errors.append(
+                _field_error(
+                    ["body"], "name at least one task: task_names or dataset rows must yield an item"
+                )
+            )
+        specs: list[ev.ItemSpec] = []
+        for loc, ref, variables in rows:
+            try:
+                task = self.catalog.resolve(ref)
+            except UnknownTask:
+                errors.append(_field_error(loc, f"unknown task {ref!r}", "unknown_task"))
+                continue
+            if not task.has_verification:
+                errors.append(
+                    _field_error(loc, f"task {ref!r} has no verification config", "unverifiable_task")
+                )
+                continue
+            specs.append(
+                ev.ItemSpec(
+                    item_id=self.new_id(), task_name=task.name, task_ref=task.ref, variables=variables
+                )
+            )
+        return specs
+
+    def _check_agent(self, request: CreateEvaluationRequest, errors: list[FieldError]) -> None:
+        for field in ("agent_type", "capability"):
+            name = getattr(request, field)
+            if name is not None and resolve_agent(name) is None:
+                errors.append(
+                    _field_error(
+                        ["body", field],
+                        f"unknown agent {name!r}; known agents: {', '.join(agent_names())}",
+                        "unknown_agent",
+                    )
+                )
+        if request.model is None and request.capability is None:
+            errors.append(
+                _field_error(["body", "model"], "model is required unless capability is given")
+            )
+
+    async def _check_references(self, ctx: CommandContext, request: CreateEvaluationRequest) -> None:
+        """References to other resources answer 404 when they are not the caller's to use."""
+        if request.project_id is not None and (
+            not _is_uuid(request.project_id)
+            or await self.identity.get_project(ctx.workspace_id, request.project_id) is None
+        ):
+            raise not_found(f"project {request.project_id!r}")
+        if request.runtime_id is not None and (
+            not _is_uuid(request.runtime_id)
+            or await self.identity.get_runtime(ctx.workspace_id, request.runtime_id) is None
+        ):
+            raise not_found(f"runtime {request.runtime_id!r}")
+        wanted = list(dict.fromkeys(request.secret_ids or ()))
+        if wanted:
+            valid = [s for s in wanted if _is_uuid(s)]
+            found = {s.id for s in await self.identity.get_secrets(ctx.principal.user.id, valid)}
+            missing = [s for s in wanted if s not in found]
+            if missing:
+                raise not_found(f"secret(s) {', '.join(missing)}")
+
+    # ---- cancel / retry-failed ----
+
+    async def cancel(self, ctx: CommandContext, evaluation_id: str) -> EvaluationView:
+        return await self._run(ctx, evaluation_id, ev.CancelEvaluation())
+
+    async def retry_failed(self, ctx: CommandContext, evaluation_id: str) -> EvaluationView:
+        return await self._run(ctx, evaluation_id, ev.RetryFailed())
+
+    async def _run(self, ctx: CommandContext, evaluation_id: str, command: ev.Command) -> EvaluationView:
+        view = await self._view(evaluation_id)
+        created_by = view.created_by.user_id if view.created_by else None
+        if not ctx.principal.can_manage(ctx.org_id, ctx.workspace_id, created_by):
+            raise ApiError(403, "your role lets you change only evaluations you created")
+        for _attempt in range(CONFLICT_RETRIES):
+            state, item_states, versions = await self._load(evaluation_id)
+            new_events = ev.decide(state, item_states, command)
+            try:
+                await self.store.append(
+                    codec.to_appends(new_events, versions, self._metadata(ctx)),
+                    recorded_at=self.clock(),
+                )
+            except ConcurrencyConflict:
+                continue  # a worker moved an item meanwhile: decide again on fresh state
+            return await self._view(evaluation_id)
+        raise ConcurrencyConflict(f"evaluation {evaluation_id} kept changing; try again")
+
+    async def _load(
+        self, evaluation_id: str
+    ) -> tuple[ev.EvaluationState, dict[str, it.ItemState], dict[tuple[str, str], int]]:
+        """The aggregate as its streams say, with each stream's version for the append."""
+        recorded = await self.store.read_stream("evaluation", evaluation_id)
+        state: ev.EvaluationState | None = None
+        for record in recorded:
+            event = codec.decode(record)
+            assert isinstance(event, ev.EVALUATION_EVENTS)
+            state = ev.evolve(state, event)
+        if state is None:
+            raise not_found("evaluation")
+        versions = {("evaluation", evaluation_id): state.version}
+        item_states: dict[str, it.ItemState] = {}
+        for item_id, records in (await self.store.read_streams("item", state.item_ids)).items():
+            item_events = [codec.decode(r) for r in records]
+            item_state = it.replay([e for e in item_events if isinstance(e, it.ITEM_EVENTS)])
+            if item_state is not None:
+                item_states[item_id] = item_state
+                versions[("item", item_id)] = item_state.version
+        return state, item_states, versions
+
+    async def _view(self, evaluation_id: str) -> EvaluationView:
+        view = await self.queries.evaluation(evaluation_id)
+        if view is None:
+            raise not_found("evaluation")
+        return view
+
+    def _metadata(self, ctx: CommandContext) -> codec.EventMetadata:
+        return codec.EventMetadata(
+            actor=actor_of(ctx.principal),
+            request_id=ctx.request_id,
+            correlation_id=ctx.request_id,
+        )
+
+
+def _field_error(loc: Sequence[str | int], msg: str, type: str = "value_error") -> FieldError:
+    return FieldError(loc=list(loc), msg=msg, type=type)
+
+
+def _summary(errors: list[FieldError]) -> str:
+    return "; ".join(e.msg for e in errors[:5]) + (" ..." if len(errors) > 5 else "")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _dataset_rows(
+    dataset: dict[str, Any] | list[Any], errors: list[FieldError]
+) -> list[tuple[list[str | int], str, dict[str, Any]]]:
+    """Rows of `{task_name, <var>: str|int|null ...}`, as an object `{rows: [...]}` or a list."""
+    base: list[str | int] = ["body", "dataset"]
+    if isinstance(dataset, dict):
+        rows_value = dataset.get("rows")
+        base = [*base, "rows"]
+        if not isinstance(rows_value, list):
+            errors.append(_field_error(base, "dataset must be a list of rows or {\"rows\": [...]}"))
+            return []
+    else:
+        rows_value = dataset
+    rows: list[tuple[list[str | int], str, dict[str, Any]]] = []
+    for index, row in enumerate(rows_value):
+        loc = [*base, index]
+        if not isinstance(row, dict):
+            errors.append(_field_error(loc, "a dataset row must be an object"))
+            continue
+        task_name = row.get("task_name")
+        if not isinstance(task_name, str) or not task_name:
+            errors.append(_field_error([*loc, "task_name"], "each dataset row needs a task_name"))
+            continue
+        variables = {k: v for k, v in row.items() if k != "task_name"}
+        bad = [k for k, v in variables.items() if not (v is None or isinstance(v, str | int | float | bool))]
+        for key in bad:
+            errors.append(_field_error([*loc, key], "row variables must be strings, numbers or null"))
+        rows.append((loc, task_name, variables))
+    return rows

@@ -1,0 +1,99 @@
+"""An API client per backend: a migrated database, a bootstrapped tenant, Litestar's TestClient."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from litestar.testing import TestClient
+
+from app.main import create_app
+from infrastructure.db.engine import create_engine
+from infrastructure.identity.bootstrap import bootstrap
+from infrastructure.identity.store import IdentityStore
+from infrastructure.settings import Settings
+
+
+@dataclass
+class Api:
+    client: TestClient[Any]
+    settings: Settings
+    org: str
+    workspace: str
+    key: str
+    user_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"/api/v1/org/{self.org}/ws/{self.workspace}"
+
+    def create(self, **body: Any) -> Any:
+        body.setdefault("name", "eval")
+        body.setdefault("model", "test-model")
+        body.setdefault("task_names", ["find-the-flag"])
+        return self.client.post(f"{self.base}/evaluation", json=body, headers=self.headers)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.client.get(f"{self.base}{path}", headers=self.headers, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.client.post(f"{self.base}{path}", headers=self.headers, **kwargs)
+
+
+def identity_of(settings: Settings) -> IdentityStore:
+    from infrastructure.identity.crypto import load_cipher
+
+    return IdentityStore(create_engine(settings.database_url), load_cipher(settings))
+
+
+def run_identity(settings: Settings, action: Any) -> Any:
+    """Run `action(identity_store)` on its own loop, outside the test client's."""
+
+    async def main() -> Any:
+        store = identity_of(settings)
+        try:
+            return await action(store)
+        finally:
+            await store._engine.dispose()
+
+    return asyncio.run(main())
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "rate_limit": 0,
+        "secret_key": Fernet.generate_key().decode(),
+        "log_json": True,
+        "auth_cache_seconds": 0.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    result = run_identity(
+        settings,
+        lambda store: bootstrap(store, org_key="acme", workspace_key="main", email="owner@acme.test"),
+    )
+    with TestClient(create_app(settings)) as client:
+        yield Api(
+            client=client,
+            settings=settings,
+            org="acme",
+            workspace="main",
+            key=result.raw_key,
+            user_id=result.user.id,
+            headers={"X-API-Key": result.raw_key},
+        )

@@ -155,10 +155,14 @@ def evolve(state: EvaluationState | None, event: AnyEvaluationEvent) -> Evaluati
     return msgspec.structs.replace(state, closed_as=closed_as, version=state.version + 1)
 
 
-def item_counts(item_states: Mapping[str, items.ItemState] | list[items.ItemStatus]) -> dict[str, int]:
+def item_counts(
+    item_states: Mapping[str, items.ItemState] | list[items.ItemStatus],
+) -> dict[str, int]:
     """All twelve statuses, always present, counting each item once."""
     statuses = (
-        [s.status for s in item_states.values()] if isinstance(item_states, Mapping) else item_states
+        [s.status for s in item_states.values()]
+        if isinstance(item_states, Mapping)
+        else item_states
     )
     counts: dict[str, int] = dict.fromkeys(items.ITEM_STATUSES, 0)
     for status in statuses:
@@ -216,11 +220,15 @@ def decide(
         ]
     if isinstance(command, RetryFailed):
         if not is_terminal(state, item_states):
-            raise IllegalTransition("evaluation is still running; retry-failed needs a finished one")
+            raise IllegalTransition(
+                "evaluation is still running; retry-failed needs a finished one"
+            )
         retry = tuple(i for i in state.item_ids if item_states[i].status in items.RETRYABLE)
         if not retry:
             raise IllegalTransition("no failed, timed-out, cancelled or infra-error items to retry")
-        reopened: list[AnyEvent] = [EvaluationReopened(evaluation_id=state.evaluation_id, item_ids=retry)]
+        reopened: list[AnyEvent] = [
+            EvaluationReopened(evaluation_id=state.evaluation_id, item_ids=retry)
+        ]
         return reopened + [
             items.ItemRequeued(item_id=i, evaluation_id=state.evaluation_id) for i in retry
         ]

@@ -170,10 +170,16 @@ def evolve(state: ItemState | None, event: AnyItemEvent) -> ItemState:
             version=1,
         )
     if state is None:
-        raise IllegalTransition(f"item {event.item_id} has no history before {type(event).__name__}")
+        raise IllegalTransition(
+            f"item {event.item_id} has no history before {type(event).__name__}"
+        )
     status = status_after(state.status, event)
-    retries = state.retry_count + (1 if isinstance(event, ItemInfraFailed) and event.will_retry else 0)
-    return msgspec.structs.replace(state, status=status, retry_count=retries, version=state.version + 1)
+    retries = state.retry_count + (
+        1 if isinstance(event, ItemInfraFailed) and event.will_retry else 0
+    )
+    return msgspec.structs.replace(
+        state, status=status, retry_count=retries, version=state.version + 1
+    )
 
 
 def status_after(current: ItemStatus, event: AnyItemEvent) -> ItemStatus:

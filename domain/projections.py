@@ -169,7 +169,11 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
         return  # EvaluationCreated already counted it as queued
     old = views.items[event.item_id]
     new_status = it.status_after(old.status, event)
-    changes: dict[str, Any] = {"status": new_status, "updated_at": now, "last_position": env.position}
+    changes: dict[str, Any] = {
+        "status": new_status,
+        "updated_at": now,
+        "last_position": env.position,
+    }
     match event:
         case it.ItemClaimed(worker_id=worker_id, lease_expires_at=lease):
             changes |= {"worker_id": worker_id, "lease_expires_at": lease, "started_at": now}

@@ -86,7 +86,8 @@ def to_appends(
 def decode(record: RecordedEvent) -> AnyEvent:
     current = CURRENT_SCHEMA.get(record.event_type, 1)
     if record.schema_version == current:
-        return _event_decoder.decode(record.data)
+        decoded: AnyEvent = _event_decoder.decode(record.data)
+        return decoded
     payload: dict[str, Any] = msgspec.json.decode(record.data)
     version = record.schema_version
     while version < current:
@@ -95,7 +96,8 @@ def decode(record: RecordedEvent) -> AnyEvent:
             raise ValueError(f"no upcaster for {record.event_type} v{version}")
         payload = upcaster(payload)
         version += 1
-    return msgspec.convert(payload, AnyEvent)
+    upcast: AnyEvent = msgspec.convert(payload, AnyEvent)
+    return upcast
 
 
 def decode_metadata(record: RecordedEvent) -> EventMetadata:

@@ -80,7 +80,9 @@ class _Unit:
     def __init__(self, appends: Sequence[StreamAppend], recorded_at: str) -> None:
         self.appends = appends
         self.recorded_at = recorded_at
-        self.future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[list[RecordedEvent]] = (
+            asyncio.get_running_loop().create_future()
+        )
 
 
 _INSERT = events.insert().returning(events.c.position, sort_by_parameter_order=True)
@@ -242,8 +244,12 @@ class EventStore:
         wanted = [(a, e) for a in unit.appends for e in a.events]
         existing = {r.event_id: r for r in await self.events_by_id([e.event_id for _, e in wanted])}
         if not existing:
-            names = ", ".join(f"{a.stream_type}/{a.stream_id}@{a.expected_version}" for a in unit.appends)
-            unit.future.set_exception(ConcurrencyConflict(f"stream moved past expected version: {names}"))
+            names = ", ".join(
+                f"{a.stream_type}/{a.stream_id}@{a.expected_version}" for a in unit.appends
+            )
+            unit.future.set_exception(
+                ConcurrencyConflict(f"stream moved past expected version: {names}")
+            )
             return
         same = len(existing) == len(wanted) and all(
             (r := existing.get(e.event_id)) is not None
@@ -266,7 +272,11 @@ class EventStore:
         async with self.engine.connect() as conn:
             result = await conn.execute(
                 _READ_STREAM,
-                {"stream_type": stream_type, "stream_id": stream_id, "after_version": after_version},
+                {
+                    "stream_type": stream_type,
+                    "stream_id": stream_id,
+                    "after_version": after_version,
+                },
             )
             return [_row(r) for r in result.all()]
 

@@ -74,14 +74,14 @@ class ReadModelQueries:
 
     async def resolve_evaluation_id(self, workspace_id: str, raw: str) -> str | None:
         """The full id of the workspace's evaluation that `raw` names (an id or a prefix)."""
-        return await self._resolve(
-            _EVALUATION_IDS_BY_PREFIX, {"workspace_id": workspace_id}, raw
-        )
+        return await self._resolve(_EVALUATION_IDS_BY_PREFIX, {"workspace_id": workspace_id}, raw)
 
     async def resolve_item_id(self, evaluation_id: str, raw: str) -> str | None:
         return await self._resolve(_ITEM_IDS_BY_PREFIX, {"evaluation_id": evaluation_id}, raw)
 
-    async def _resolve(self, statement: sa.Select[tuple[str]], scope: dict[str, str], raw: str) -> str | None:
+    async def _resolve(
+        self, statement: sa.Select[tuple[str]], scope: dict[str, str], raw: str
+    ) -> str | None:
         prefix = normalise_prefix(raw)
         if prefix is None:
             return None
@@ -89,7 +89,7 @@ class ReadModelQueries:
             found = (await conn.execute(statement, {**scope, "prefix": prefix})).scalars().all()
         if len(found) > 1:
             raise AmbiguousId(raw)
-        return found[0] if found else None
+        return str(found[0]) if found else None
 
     async def list_evaluations(
         self,
@@ -118,9 +118,7 @@ class ReadModelQueries:
             total = int((await conn.execute(count)).scalar_one())
         return Page(items=[decode_evaluation(d) for d in docs], total=total)
 
-    async def items(
-        self, evaluation_id: str, *, status: str | None = None
-    ) -> list[ItemView]:
+    async def items(self, evaluation_id: str, *, status: str | None = None) -> list[ItemView]:
         query = sa.select(items.c.doc).where(items.c.evaluation_id == evaluation_id)
         if status is not None:
             query = query.where(items.c.status == status)

@@ -59,6 +59,11 @@ def item_row(view: ItemView) -> dict[str, Any]:
     }
 
 
+# What an event can change in an existing row (ids, owners and creation times never change).
+_EVALUATION_UPDATE_KEYS = ("id", "status", "project_id", "last_position", "doc")
+_ITEM_UPDATE_KEYS = ("id", "status", "last_position", "doc")
+
+
 class _Statements:
     """Statements for one pair of tables, built once (building costs more than running)."""
 
@@ -77,7 +82,7 @@ class _Statements:
                 {
                     c.name: sa.bindparam(f"b_{c.name}")
                     for c in e.columns
-                    if c.name in ("status", "project_id", "last_position", "doc")
+                    if c.name in _EVALUATION_UPDATE_KEYS and c.name != "id"
                 }
             )
         )
@@ -88,7 +93,7 @@ class _Statements:
                 {
                     c.name: sa.bindparam(f"b_{c.name}")
                     for c in i.columns
-                    if c.name in ("status", "last_position", "doc")
+                    if c.name in _ITEM_UPDATE_KEYS and c.name != "id"
                 }
             )
         )
@@ -136,7 +141,11 @@ class Projector:
 
         await self._write(
             conn,
-            [evaluation_row(v) for k, v in views.evaluations.items() if k not in existing_evaluations],
+            [
+                evaluation_row(v)
+                for k, v in views.evaluations.items()
+                if k not in existing_evaluations
+            ],
             [evaluation_row(v) for k, v in views.evaluations.items() if k in existing_evaluations],
             [item_row(v) for k, v in views.items.items() if k not in existing_items],
             [item_row(v) for k, v in views.items.items() if k in existing_items],
@@ -154,12 +163,13 @@ class Projector:
         if new_evaluations:
             await conn.execute(sql.insert_evaluation, new_evaluations)
         if changed_evaluations:
-            keys = ("id", "status", "project_id", "last_position", "doc")
             await conn.execute(
-                sql.update_evaluation, [_prefixed(r, keys) for r in changed_evaluations]
+                sql.update_evaluation,
+                [_prefixed(r, _EVALUATION_UPDATE_KEYS) for r in changed_evaluations],
             )
         if new_items:
             await conn.execute(sql.insert_item, new_items)
         if changed_items:
-            keys = ("id", "status", "last_position", "doc")
-            await conn.execute(sql.update_item, [_prefixed(r, keys) for r in changed_items])
+            await conn.execute(
+                sql.update_item, [_prefixed(r, _ITEM_UPDATE_KEYS) for r in changed_items]
+            )

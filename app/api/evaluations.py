@@ -52,7 +52,9 @@ def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
     )
 
 
-async def _evaluation(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> EvaluationView:
+async def _evaluation(
+    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
+) -> EvaluationView:
     queries = container_of(request).queries
     evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
     view = await queries.evaluation(evaluation_id) if evaluation_id else None
@@ -61,7 +63,9 @@ async def _evaluation(request: Request[Any, Any, Any], tenant: Scope, raw_id: st
     return view
 
 
-async def _item(request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str) -> ItemView:
+async def _item(
+    request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str
+) -> ItemView:
     queries = container_of(request).queries
     item_id = await queries.resolve_item_id(evaluation.id, raw_id)
     item = await queries.item(evaluation.id, item_id) if item_id else None
@@ -79,7 +83,11 @@ class EvaluationController(Controller):
     tags = ["evaluations"]
     dependencies = {"tenant": Provide(resolve_scope)}
 
-    @post("/evaluation", status_code=201, responses=errors_for(400, 401, 403, 404, 413, 415, 422, 426, 429))
+    @post(
+        "/evaluation",
+        status_code=201,
+        responses=errors_for(400, 401, 403, 404, 413, 415, 422, 426, 429),
+    )
     async def create_evaluation(
         self, request: Request[Any, Any, Any], tenant: Scope, data: CreateEvaluationRequest
     ) -> EvaluationResponse:
@@ -101,7 +109,11 @@ class EvaluationController(Controller):
         if status is not None and status not in EVALUATION_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(EVALUATION_STATUSES)}")
         found = await container_of(request).queries.list_evaluations(
-            tenant.workspace.id, page=page, page_size=page_size, status=status, project_id=project_id
+            tenant.workspace.id,
+            page=page,
+            page_size=page_size,
+            status=status,
+            project_id=project_id,
         )
         return EvaluationList(
             items=[evaluation_response(v) for v in found.items],
@@ -117,7 +129,11 @@ class EvaluationController(Controller):
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
         return evaluation_response(await _evaluation(request, tenant, evaluation_id))
 
-    @post("/evaluation/{evaluation_id:str}/cancel", status_code=200, responses=errors_for(401, 403, 404, 409, 426, 429))
+    @post(
+        "/evaluation/{evaluation_id:str}/cancel",
+        status_code=200,
+        responses=errors_for(401, 403, 404, 409, 426, 429),
+    )
     async def cancel_evaluation(
         self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
     ) -> EvaluationResponse:
@@ -126,7 +142,11 @@ class EvaluationController(Controller):
         service = container_of(request).evaluations
         return evaluation_response(await service.cancel(_context(request, tenant), view.id))
 
-    @post("/evaluation/{evaluation_id:str}/retry-failed", status_code=200, responses=errors_for(401, 403, 404, 409, 426, 429))
+    @post(
+        "/evaluation/{evaluation_id:str}/retry-failed",
+        status_code=200,
+        responses=errors_for(401, 403, 404, 409, 426, 429),
+    )
     async def retry_failed(
         self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
     ) -> EvaluationResponse:
@@ -144,7 +164,9 @@ class EvaluationController(Controller):
         items = await container_of(request).queries.items(view.id)
         return analytics.compute(view, items)
 
-    @get("/evaluation/{evaluation_id:str}/items", responses=errors_for(400, 401, 404, 409, 426, 429))
+    @get(
+        "/evaluation/{evaluation_id:str}/items", responses=errors_for(400, 401, 404, 409, 426, 429)
+    )
     async def list_items(
         self,
         request: Request[Any, Any, Any],
@@ -159,7 +181,10 @@ class EvaluationController(Controller):
         items = await container_of(request).queries.items(view.id, status=status)
         return ItemList(items=[item_response(i) for i in items], total=len(items))
 
-    @get("/evaluation/{evaluation_id:str}/items/{item_id:str}", responses=errors_for(401, 404, 409, 426, 429))
+    @get(
+        "/evaluation/{evaluation_id:str}/items/{item_id:str}",
+        responses=errors_for(401, 404, 409, 426, 429),
+    )
     async def get_item(
         self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str, item_id: str
     ) -> ItemResponse:
@@ -167,7 +192,9 @@ class EvaluationController(Controller):
         view = await _evaluation(request, tenant, evaluation_id)
         return item_response(await _item(request, view, item_id))
 
-    @get("/evaluation/{evaluation_id:str}/events", responses=errors_for(400, 401, 404, 409, 426, 429))
+    @get(
+        "/evaluation/{evaluation_id:str}/events", responses=errors_for(400, 401, 404, 409, 426, 429)
+    )
     async def get_history(
         self,
         request: Request[Any, Any, Any],

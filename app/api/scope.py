@@ -118,7 +118,9 @@ class ScopeController(Controller):
         )
 
     @get("/org/{org:str}/ws/{ws:str}", responses=errors_for(401, 404, 426, 429))
-    async def get_workspace(self, request: Request[Any, Any, Any], org: str, ws: str) -> WorkspaceResponse:
+    async def get_workspace(
+        self, request: Request[Any, Any, Any], org: str, ws: str
+    ) -> WorkspaceResponse:
         """One workspace."""
         scope: Scope = await resolve_scope(request, org, ws)
         return _workspace(scope.workspace)

@@ -23,7 +23,9 @@ def group() -> None:
 
 
 def _with_progress(
-    database_url: str | None, label: str, run: Callable[[EventStore, rebuilding.Progress], Awaitable[T]]
+    database_url: str | None,
+    label: str,
+    run: Callable[[EventStore, rebuilding.Progress], Awaitable[T]],
 ) -> T:
     url = database_url or Settings.from_env().database_url
 

@@ -87,7 +87,8 @@ class EvaluationService:
             errors.append(
                 _field_error(
                     ["body", "sandbox_provider"],
-                    f"unknown sandbox provider {provider!r}; registered: {', '.join(SANDBOX_PROVIDERS)}",
+                    f"unknown sandbox provider {provider!r}; "
+                    f"registered: {', '.join(SANDBOX_PROVIDERS)}",
                 )
             )
         if errors:
@@ -130,10 +131,14 @@ class EvaluationService:
         )
         return await self._view(evaluation_id)
 
-    def _item_specs(self, request: CreateEvaluationRequest, errors: list[FieldError]) -> list[ev.ItemSpec]:
+    def _item_specs(
+        self, request: CreateEvaluationRequest, errors: list[FieldError]
+    ) -> list[ev.ItemSpec]:
         rows: list[tuple[list[str | int], str, dict[str, Any]]] = []
         if request.task_names:  # task_names wins over dataset
-            rows = [(["body", "task_names", i], ref, {}) for i, ref in enumerate(request.task_names)]
+            rows = [
+                (["body", "task_names", i], ref, {}) for i, ref in enumerate(request.task_names)
+            ]
         elif request.dataset is not None:
             rows = _dataset_rows(request.dataset, errors)
         elif request.task_set:
@@ -147,7 +152,8 @@ class EvaluationService:
         if not rows and not errors:
             errors.append(
                 _field_error(
-                    ["body"], "name at least one task: task_names or dataset rows must yield an item"
+                    ["body"],
+                    "name at least one task: task_names or dataset rows must yield an item",
                 )
             )
         specs: list[ev.ItemSpec] = []
@@ -159,12 +165,17 @@ class EvaluationService:
                 continue
             if not task.has_verification:
                 errors.append(
-                    _field_error(loc, f"task {ref!r} has no verification config", "unverifiable_task")
+                    _field_error(
+                        loc, f"task {ref!r} has no verification config", "unverifiable_task"
+                    )
                 )
                 continue
             specs.append(
                 ev.ItemSpec(
-                    item_id=self.new_id(), task_name=task.name, task_ref=task.ref, variables=variables
+                    item_id=self.new_id(),
+                    task_name=task.name,
+                    task_ref=task.ref,
+                    variables=variables,
                 )
             )
         return specs
@@ -185,7 +196,9 @@ class EvaluationService:
                 _field_error(["body", "model"], "model is required unless capability is given")
             )
 
-    async def _check_references(self, ctx: CommandContext, request: CreateEvaluationRequest) -> None:
+    async def _check_references(
+        self, ctx: CommandContext, request: CreateEvaluationRequest
+    ) -> None:
         """References to other resources answer 404 when they are not the caller's to use."""
         if request.project_id is not None and (
             not _is_uuid(request.project_id)
@@ -213,7 +226,9 @@ class EvaluationService:
     async def retry_failed(self, ctx: CommandContext, evaluation_id: str) -> EvaluationView:
         return await self._run(ctx, evaluation_id, ev.RetryFailed())
 
-    async def _run(self, ctx: CommandContext, evaluation_id: str, command: ev.Command) -> EvaluationView:
+    async def _run(
+        self, ctx: CommandContext, evaluation_id: str, command: ev.Command
+    ) -> EvaluationView:
         view = await self._view(evaluation_id)
         created_by = view.created_by.user_id if view.created_by else None
         if not ctx.principal.can_manage(ctx.org_id, ctx.workspace_id, created_by):
@@ -292,7 +307,7 @@ def _dataset_rows(
         rows_value = dataset.get("rows")
         base = [*base, "rows"]
         if not isinstance(rows_value, list):
-            errors.append(_field_error(base, "dataset must be a list of rows or {\"rows\": [...]}"))
+            errors.append(_field_error(base, 'dataset must be a list of rows or {"rows": [...]}'))
             return []
     else:
         rows_value = dataset
@@ -307,8 +322,14 @@ def _dataset_rows(
             errors.append(_field_error([*loc, "task_name"], "each dataset row needs a task_name"))
             continue
         variables = {k: v for k, v in row.items() if k != "task_name"}
-        bad = [k for k, v in variables.items() if not (v is None or isinstance(v, str | int | float | bool))]
+        bad = [
+            k
+            for k, v in variables.items()
+            if not (v is None or isinstance(v, str | int | float | bool))
+        ]
         for key in bad:
-            errors.append(_field_error([*loc, key], "row variables must be strings, numbers or null"))
+            errors.append(
+                _field_error([*loc, key], "row variables must be strings, numbers or null")
+            )
         rows.append((loc, task_name, variables))
     return rows

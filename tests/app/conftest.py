@@ -85,7 +85,9 @@ def settings(database_url: str) -> Settings:
 def api(settings: Settings) -> Iterator[Api]:
     result = run_identity(
         settings,
-        lambda store: bootstrap(store, org_key="acme", workspace_key="main", email="owner@acme.test"),
+        lambda store: bootstrap(
+            store, org_key="acme", workspace_key="main", email="owner@acme.test"
+        ),
     )
     with TestClient(create_app(settings)) as client:
         yield Api(

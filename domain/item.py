@@ -163,6 +163,8 @@ class ItemState(msgspec.Struct, frozen=True, kw_only=True):
 def evolve(state: ItemState | None, event: AnyItemEvent) -> ItemState:
     """The state after `event`; `state` is None before the item's first event."""
     if isinstance(event, ItemQueued):
+        if state is not None:
+            raise IllegalTransition(f"item {event.item_id} is already queued once")
         return ItemState(
             item_id=event.item_id,
             evaluation_id=event.evaluation_id,

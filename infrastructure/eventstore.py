@@ -70,8 +70,6 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 # Runs inside the append transaction with the events just inserted (inline projections).
 InTransaction = Callable[[AsyncConnection, list[RecordedEvent]], Awaitable[None]]
-# Runs after a batch commits, with every unit's recorded events (read-model caches).
-AfterCommit = Callable[[list[RecordedEvent]], None]
 
 
 class _Unit:
@@ -139,12 +137,10 @@ class EventStore:
         engine: AsyncEngine,
         *,
         in_transaction: InTransaction | None = None,
-        after_commit: AfterCommit | None = None,
     ) -> None:
         self.engine = engine
         self._is_postgres = engine.dialect.name == "postgresql"
         self._in_transaction = in_transaction
-        self._after_commit = after_commit
         self._pending: list[_Unit] = []
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -176,26 +172,25 @@ class EventStore:
             del self._pending[:MAX_BATCH_UNITS]
             try:
                 await self._commit(batch)
-            except (IntegrityError, DBAPIError) as exc:
+            except Exception as exc:
+                # Whatever failed (a conflict, or the in-transaction projection of one unit),
+                # retrying alone settles each unit on its own merits.
                 if len(batch) == 1:
                     await self._settle_failure(batch[0], exc)
                 else:
                     for unit in batch:
                         await self._commit_alone(unit)
-            except BaseException as exc:
+            except BaseException as exc:  # cancelled: no caller may wait forever
                 for unit in batch:
                     if not unit.future.done():
                         unit.future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+                raise
 
     async def _commit_alone(self, unit: _Unit) -> None:
         try:
             await self._commit([unit])
-        except (IntegrityError, DBAPIError) as exc:
-            await self._settle_failure(unit, exc)
         except Exception as exc:
-            unit.future.set_exception(exc)
+            await self._settle_failure(unit, exc)
 
     async def _commit(self, batch: list[_Unit]) -> None:
         rows: list[dict[str, Any]] = []
@@ -227,8 +222,6 @@ class EventStore:
                         recorded.append(RecordedEvent(position=position, **row))
                 if self._in_transaction is not None and recorded:
                     await self._in_transaction(conn, recorded)
-        if self._after_commit is not None and recorded:
-            self._after_commit(recorded)
         cursor = 0
         for unit in batch:
             count = sum(len(a.events) for a in unit.appends)
@@ -236,8 +229,16 @@ class EventStore:
             cursor += count
 
     async def _settle_failure(self, unit: _Unit, exc: Exception) -> None:
+        try:
+            await self._settle(unit, exc)
+        except Exception as lookup_failure:
+            unit.future.set_exception(lookup_failure)
+
+    async def _settle(self, unit: _Unit, exc: Exception) -> None:
         """Tell an idempotent re-append from a real conflict after a failed single commit."""
-        is_conflict = isinstance(exc, IntegrityError) or VERSION_GAP_MESSAGE in str(exc)
+        is_conflict = isinstance(exc, IntegrityError) or (
+            isinstance(exc, DBAPIError) and VERSION_GAP_MESSAGE in str(exc)
+        )
         if not is_conflict:
             unit.future.set_exception(exc)
             return

@@ -62,7 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 try:
                     values[field] = convert(raw)
                 except ValueError as exc:
-                    raise ValueError(f"ASSAY_{field.upper()}={raw!r} is not a valid {convert.__name__}") from exc
+                    raise ValueError(
+                        f"ASSAY_{field.upper()}={raw!r} is not a valid {convert.__name__}"
+                    ) from exc
         raw_json = get("LOG_JSON")
         if raw_json is not None:
             values["log_json"] = raw_json.lower() not in ("0", "false", "no")

@@ -8,7 +8,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-
 # Execution option a connection sets before it begins a transaction that will write.
 WRITE_OPTION = "assay_write"
 

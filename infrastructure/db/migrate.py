@@ -43,7 +43,9 @@ def current_revision(database_url: str) -> str | None:
                 )
                 if not has_table:
                     return None
-                return (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+                return (
+                    await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+                ).scalar()
         finally:
             await engine.dispose()
 

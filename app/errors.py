@@ -97,6 +97,7 @@ def _respond(request: Request[Any, Any, Any], error: ApiError) -> Response[Error
 
 
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MISSING_FIELD = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
 def _validation_errors(exc: ValidationException) -> list[FieldError]:
@@ -105,15 +106,19 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
         if not isinstance(entry, dict):
             continue
         message = str(entry.get("message", "invalid value"))
-        source = str(entry.get("source") or "body")
+        source = entry.get("source") or "body"
         key = entry.get("key")
-        loc: list[str | int] = [source]
+        # Litestar passes the source as a ParamType enum for query/path/header parameters.
+        loc: list[str | int] = [str(getattr(source, "value", source))]
         match = _AT_PATH.search(message)
         if match:
             message = message[: match.start()]
             loc += [int(p) if p.isdigit() else p for p in re.findall(r"\w+", match["path"])]
         elif key and key != "data":
             loc.append(str(key))
+        missing = _MISSING_FIELD.search(message)
+        if missing:
+            loc.append(missing["field"])
         found.append(FieldError(loc=loc, msg=message, type="value_error"))
     return found
 

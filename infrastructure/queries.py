@@ -85,6 +85,8 @@ class ReadModelQueries:
         prefix = normalise_prefix(raw)
         if prefix is None:
             return None
+        if len(prefix) == 36:
+            return prefix  # a whole id: the caller's lookup by id decides whether it exists
         async with self.engine.connect() as conn:
             found = (await conn.execute(statement, {**scope, "prefix": prefix})).scalars().all()
         if len(found) > 1:

@@ -103,6 +103,14 @@ def _prefixed(row: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {f"b_{k}": row[k] for k in keys}
 
 
+def fold(recorded: Sequence[RecordedEvent], views: Views | None = None) -> Views:
+    """Advance `views` (or empty ones) by the recorded events, in order."""
+    views = views if views is not None else Views()
+    for record in recorded:
+        project(views, codec.decode(record), codec.envelope(record))
+    return views
+
+
 class Projector:
     """Folds recorded events into evaluation and item rows of the given tables."""
 
@@ -110,15 +118,15 @@ class Projector:
         self._sql = _Statements(evaluation_table, item_table)
 
     async def __call__(self, conn: AsyncConnection, recorded: list[RecordedEvent]) -> None:
-        decoded = [(codec.decode(r), codec.envelope(r)) for r in recorded]
+        decoded = [codec.decode(r) for r in recorded]
         created_evaluations = {
-            e.evaluation_id for e, _ in decoded if isinstance(e, ev.EvaluationCreated)
+            e.evaluation_id for e in decoded if isinstance(e, ev.EvaluationCreated)
         }
-        created_items = {e.item_id for e, _ in decoded if isinstance(e, it.ItemQueued)}
+        created_items = {e.item_id for e in decoded if isinstance(e, it.ItemQueued)}
         touched_items = {
-            e.item_id for e, _ in decoded if isinstance(e, it.ITEM_EVENTS)
+            e.item_id for e in decoded if isinstance(e, it.ITEM_EVENTS)
         } - created_items
-        touched_evaluations = {e.evaluation_id for e, _ in decoded} - created_evaluations
+        touched_evaluations = {e.evaluation_id for e in decoded} - created_evaluations
 
         views = Views()
         if touched_evaluations:
@@ -136,8 +144,8 @@ class Projector:
         existing_evaluations = set(views.evaluations)
         existing_items = set(views.items)
 
-        for event, envelope in decoded:
-            project(views, event, envelope)
+        for event, record in zip(decoded, recorded, strict=True):
+            project(views, event, codec.envelope(record))
 
         await self._write(
             conn,

@@ -25,6 +25,7 @@ from infrastructure.eventstore import ConcurrencyConflict, EventStore
 from infrastructure.identity.records import Principal
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
+from infrastructure.readmodels import fold
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, UnknownTask
 
@@ -126,10 +127,11 @@ class EvaluationService:
             items=tuple(specs),
         )
         new_events = ev.decide(None, {}, command)
-        await self.store.append(
+        recorded = await self.store.append(
             codec.to_appends(new_events, {}, self._metadata(ctx)), recorded_at=self.clock()
         )
-        return await self._view(evaluation_id)
+        # A new evaluation's row is exactly the fold of its own events: no read needed.
+        return fold(recorded).evaluations[evaluation_id]
 
     def _item_specs(
         self, request: CreateEvaluationRequest, errors: list[FieldError]

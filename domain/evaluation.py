@@ -170,6 +170,11 @@ def item_counts(
     return counts
 
 
+def in_flight(counts: Mapping[str, int]) -> int:
+    """Items between claiming and verifying: what `concurrency` bounds."""
+    return sum(counts[s] for s in items.IN_FLIGHT)
+
+
 def status_of(
     closed_as: Literal["cancelled", "failed"] | None,
     counts: Mapping[str, int],

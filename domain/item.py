@@ -118,6 +118,19 @@ class ItemRequeued(ItemEvent, frozen=True, tag="item.requeued"):
     reason: str = "retry-failed"
 
 
+class ItemLeaseRenewed(ItemEvent, frozen=True, tag="item.lease_renewed"):
+    """The worker still holds the item; no state change."""
+
+    worker_id: str
+    lease_expires_at: str
+
+
+class ItemSandboxKept(ItemEvent, frozen=True, tag="item.sandbox_kept"):
+    """cleanup_policy on_success kept the sandbox of an item that did not pass."""
+
+    location: str
+
+
 ITEM_EVENTS = (
     ItemQueued,
     ItemClaimed,
@@ -131,6 +144,8 @@ ITEM_EVENTS = (
     ItemInfraFailed,
     ItemErrored,
     ItemRequeued,
+    ItemLeaseRenewed,
+    ItemSandboxKept,
 )
 AnyItemEvent = (
     ItemQueued
@@ -145,6 +160,8 @@ AnyItemEvent = (
     | ItemInfraFailed
     | ItemErrored
     | ItemRequeued
+    | ItemLeaseRenewed
+    | ItemSandboxKept
 )
 
 
@@ -186,6 +203,14 @@ def evolve(state: ItemState | None, event: AnyItemEvent) -> ItemState:
 
 def status_after(current: ItemStatus, event: AnyItemEvent) -> ItemStatus:
     """Where `event` takes an item in `current`; refuses what the machine does not allow."""
+    if isinstance(event, ItemLeaseRenewed):
+        if current not in IN_FLIGHT:
+            raise IllegalTransition(f"item is {current}; only an item in flight has a lease")
+        return current
+    if isinstance(event, ItemSandboxKept):
+        if current not in TERMINAL:
+            raise IllegalTransition(f"item is {current}; a sandbox is kept only once it ended")
+        return current
     target = _target_status(event)
     if target in FORWARD:
         allowed = current == FORWARD[target]
@@ -226,6 +251,8 @@ def _target_status(event: AnyItemEvent) -> ItemStatus:
             return "queued" if will_retry else "infra_error"
         case ItemErrored():
             return "errored"
+        case ItemLeaseRenewed() | ItemSandboxKept():
+            pass
     raise TypeError(f"not an item event: {event!r}")
 
 

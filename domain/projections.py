@@ -57,6 +57,10 @@ class ItemView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str
     updated_at: str
     last_position: int
+    # The item stream's version (its event count): what a worker appends at next.
+    version: int = 1
+    # An automatic retry waits until this time (backoff after an infra failure).
+    retry_not_before: str | None = None
 
 
 class EvaluationView(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,6 +177,7 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
         "status": new_status,
         "updated_at": now,
         "last_position": env.position,
+        "version": old.version + 1,
     }
     match event:
         case it.ItemClaimed(worker_id=worker_id, lease_expires_at=lease):
@@ -189,10 +194,17 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
             changes["error"] = error
         case it.ItemCancelled(reason=reason):
             changes["error"] = reason
-        case it.ItemInfraFailed(error=error, will_retry=will_retry):
+        case it.ItemInfraFailed(error=error, will_retry=will_retry, retry_not_before=not_before):
             changes["error"] = error
             if will_retry:
                 changes["retry_count"] = old.retry_count + 1
+                changes["retry_not_before"] = not_before
+        case it.ItemLeaseRenewed(lease_expires_at=lease):
+            changes["lease_expires_at"] = lease
+        case it.ItemSandboxKept(location=location):
+            metadata = dict(old.metadata_json)
+            metadata["sandbox"] = {"kept": True, "location": location}
+            changes["metadata_json"] = metadata
         case it.ItemRequeued():
             changes |= {
                 "passed": None,
@@ -203,12 +215,17 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
                 "verified_at": None,
                 "queued_at": now,
             }
+    if isinstance(event, it.ItemLeaseRenewed | it.ItemSandboxKept):  # no transition to count
+        views.items[old.id] = msgspec.structs.replace(old, **changes)
+        return
     if new_status == "queued" or new_status in it.TERMINAL:
         changes |= {"worker_id": None, "lease_expires_at": None}
     if new_status in it.TERMINAL:
         changes["completed_at"] = now
     elif new_status == "queued":
         changes["completed_at"] = None
+    if new_status == "claiming":
+        changes["retry_not_before"] = None
     views.items[old.id] = msgspec.structs.replace(old, **changes)
     _count_transition(views, old.evaluation_id, old.status, new_status, env)
 

@@ -14,7 +14,8 @@ position is never visible before a smaller one commits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -23,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
-from infrastructure.db.engine import WRITE_OPTION
+from infrastructure.db.engine import write_transaction
 from infrastructure.db.store_tables import events
 
 # One constant key for the advisory lock that orders every append on PostgreSQL.
@@ -210,23 +211,27 @@ class EventStore:
                             "recorded_at": unit.recorded_at,
                         }
                     )
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                if self._is_postgres:
-                    await conn.execute(_PG_LOCK)
-                recorded: list[RecordedEvent] = []
-                if rows:
-                    result = await conn.execute(_INSERT, rows)
-                    for row, (position,) in zip(rows, result.all(), strict=True):
-                        recorded.append(RecordedEvent(position=position, **row))
-                if self._in_transaction is not None and recorded:
-                    await self._in_transaction(conn, recorded)
+        async with self.append_transaction() as conn:
+            recorded: list[RecordedEvent] = []
+            if rows:
+                result = await conn.execute(_INSERT, rows)
+                for row, (position,) in zip(rows, result.all(), strict=True):
+                    recorded.append(RecordedEvent(position=position, **row))
+            if self._in_transaction is not None and recorded:
+                await self._in_transaction(conn, recorded)
         cursor = 0
         for unit in batch:
             count = sum(len(a.events) for a in unit.appends)
             unit.future.set_result(recorded[cursor : cursor + count])
             cursor += count
+
+    @asynccontextmanager
+    async def append_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that no append can interleave with (it holds the append lock)."""
+        async with write_transaction(self.engine) as conn:
+            if self._is_postgres:
+                await conn.execute(_PG_LOCK)
+            yield conn
 
     async def _settle_failure(self, unit: _Unit, exc: Exception) -> None:
         try:

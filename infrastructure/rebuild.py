@@ -14,9 +14,9 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from infrastructure.db.engine import WRITE_OPTION
+from infrastructure.db.engine import write_transaction
 from infrastructure.db.store_tables import READ_MODEL_TABLES
-from infrastructure.eventstore import APPEND_LOCK_KEY, EventStore
+from infrastructure.eventstore import EventStore
 from infrastructure.readmodels import Projector
 
 PAGE = 5000
@@ -41,14 +41,6 @@ def _scratch_tables() -> tuple[sa.MetaData, list[tuple[sa.Table, sa.Table]]]:
     return scratch, pairs
 
 
-async def _write_connection(store: EventStore, conn: AsyncConnection) -> AsyncConnection:
-    conn = await conn.execution_options(**{WRITE_OPTION: True})
-    await conn.begin()
-    if store.engine.dialect.name == "postgresql":
-        await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
-    return conn
-
-
 async def _fold_into_scratch(
     store: EventStore, projector: Projector, progress: Progress | None
 ) -> int:
@@ -58,10 +50,8 @@ async def _fold_into_scratch(
         page = await store.read_all(after_position=position, limit=PAGE)
         if not page:
             return position
-        async with store.engine.connect() as raw:
-            conn = await _write_connection(store, raw)
+        async with write_transaction(store.engine) as conn:
             await projector(conn, page)
-            await conn.commit()
         position = page[-1].position
         if progress is not None:
             progress(position, max(total, position))
@@ -88,8 +78,7 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
         projector = Projector(evaluation_scratch, item_scratch)
         position = await _fold_into_scratch(store, projector, progress)
         differences: list[Difference] = []
-        async with store.engine.connect() as raw:
-            conn = await _write_connection(store, raw)
+        async with store.append_transaction() as conn:
             await _catch_up(store, conn, projector, position)
             for live, rebuilt in pairs:
                 if swap:
@@ -99,7 +88,6 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
                     )
                 else:
                     differences += await _compare(conn, live, rebuilt)
-            await conn.commit()
         return differences
     finally:
         async with store.engine.begin() as conn:

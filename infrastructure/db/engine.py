@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 # Execution option a connection sets before it begins a transaction that will write.
@@ -45,3 +47,16 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # Writers take the database lock up front; readers begin deferred and never block them.
         writing = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that will write: commits on success, rolls back on error.
+
+    On SQLite it opens with BEGIN IMMEDIATE, taking the write lock up front instead of failing
+    mid-way when a deferred transaction tries to upgrade its lock.
+    """
+    async with engine.connect() as conn:
+        await conn.execution_options(**{WRITE_OPTION: True})
+        async with conn.begin():
+            yield conn

@@ -1,7 +1,7 @@
 """Every table of the service, registered on one MetaData (what Alembic compares against)."""
 
-from infrastructure.db import store_tables
+from infrastructure.db import execution_tables, store_tables
 from infrastructure.db.metadata import metadata
 from infrastructure.identity import tables as identity_tables
 
-__all__ = ["identity_tables", "metadata", "store_tables"]
+__all__ = ["execution_tables", "identity_tables", "metadata", "store_tables"]

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from infrastructure.db.engine import WRITE_OPTION
+from infrastructure.db.engine import write_transaction
 from infrastructure.identity.records import AlreadyExists, NotFound
 
 
@@ -46,10 +46,8 @@ class StoreBase:
     @asynccontextmanager
     async def _write(self, what: str = "record") -> AsyncIterator[AsyncConnection]:
         try:
-            async with self._engine.connect() as conn:
-                await conn.execution_options(**{WRITE_OPTION: True})
-                async with conn.begin():
-                    yield conn
+            async with write_transaction(self._engine) as conn:
+                yield conn
         except sa.exc.IntegrityError:
             # Parents are checked first in the same transaction, so what is left is a unique
             # constraint. `from None`: the driver's message repeats the bound parameters.

@@ -6,7 +6,9 @@ The expected table below is written out by hand from the module docstring:
            -> passed | failed
     any non-terminal state may also end in timed_out, cancelled, infra_error or errored;
     an infra failure with retries left goes back to queued (counted in retry_count);
-    retry-failed requeues failed, timed_out, cancelled and infra_error items.
+    retry-failed requeues failed, timed_out, cancelled and infra_error items;
+    a lease is renewed only while in flight, and a sandbox is kept only once the item ended
+    (both leave the status as it is).
 
 It is deliberately not derived from the constants of the code under test.
 """
@@ -85,6 +87,12 @@ KINDS: dict[str, Callable[[], it.AnyItemEvent]] = {
     ),
     "errored": lambda: it.ItemErrored(item_id=ITEM_ID, evaluation_id=EVALUATION_ID, error="bug"),
     "requeued": lambda: it.ItemRequeued(item_id=ITEM_ID, evaluation_id=EVALUATION_ID),
+    "lease_renewed": lambda: it.ItemLeaseRenewed(
+        item_id=ITEM_ID, evaluation_id=EVALUATION_ID, worker_id="w1", lease_expires_at="later"
+    ),
+    "sandbox_kept": lambda: it.ItemSandboxKept(
+        item_id=ITEM_ID, evaluation_id=EVALUATION_ID, location="/tmp/sandbox"
+    ),
 }
 
 _ENDINGS = {
@@ -99,17 +107,30 @@ _REQUEUE = {"requeued": "queued"}
 # status -> {event kind -> status after}; every pair not listed must be refused.
 LEGAL: dict[str, dict[str, str]] = {
     "queued": {"claimed": "claiming", **_ENDINGS},
-    "claiming": {"provisioning": "provisioning", **_ENDINGS},
-    "provisioning": {"agent_started": "agent_running", **_ENDINGS},
-    "agent_running": {"agent_finished": "agent_finished", **_ENDINGS},
-    "agent_finished": {"verifying": "verifying", **_ENDINGS},
-    "verifying": {"verdict_passed": "passed", "verdict_failed": "failed", **_ENDINGS},
-    "passed": {},
-    "failed": dict(_REQUEUE),
-    "timed_out": dict(_REQUEUE),
-    "cancelled": dict(_REQUEUE),
-    "infra_error": dict(_REQUEUE),
-    "errored": {},
+    "claiming": {"provisioning": "provisioning", "lease_renewed": "claiming", **_ENDINGS},
+    "provisioning": {
+        "agent_started": "agent_running",
+        "lease_renewed": "provisioning",
+        **_ENDINGS,
+    },
+    "agent_running": {
+        "agent_finished": "agent_finished",
+        "lease_renewed": "agent_running",
+        **_ENDINGS,
+    },
+    "agent_finished": {"verifying": "verifying", "lease_renewed": "agent_finished", **_ENDINGS},
+    "verifying": {
+        "verdict_passed": "passed",
+        "verdict_failed": "failed",
+        "lease_renewed": "verifying",
+        **_ENDINGS,
+    },
+    "passed": {"sandbox_kept": "passed"},
+    "failed": {"sandbox_kept": "failed", **_REQUEUE},
+    "timed_out": {"sandbox_kept": "timed_out", **_REQUEUE},
+    "cancelled": {"sandbox_kept": "cancelled", **_REQUEUE},
+    "infra_error": {"sandbox_kept": "infra_error", **_REQUEUE},
+    "errored": {"sandbox_kept": "errored"},
 }
 
 TABLE = [(status, kind) for status in STATUSES for kind in KINDS]
@@ -131,7 +152,7 @@ def test_the_table_covers_the_twelve_documented_statuses_and_every_event_type() 
     assert set(STATUSES) == set(it.ITEM_STATUSES)
     assert set(LEGAL) == set(STATUSES)
     assert {type(make()) for make in KINDS.values()} == set(it.ITEM_EVENTS)
-    assert len(TABLE) == 12 * 14
+    assert len(TABLE) == 12 * 16
 
 
 @pytest.mark.parametrize(("status", "kind"), TABLE, ids=[f"{s}-{k}" for s, k in TABLE])

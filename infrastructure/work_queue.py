@@ -1,0 +1,150 @@
+"""What workers read and write besides events: claimable items, the worker registry, transcripts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain.item import IN_FLIGHT
+from domain.projections import EvaluationView, ItemView
+from infrastructure.db.engine import write_transaction
+from infrastructure.db.execution_tables import transcript_messages, workers
+from infrastructure.db.store_tables import evaluations, items
+from infrastructure.readmodels import decode_evaluation, decode_item
+
+_ACTIVE_EVALUATIONS = sa.select(evaluations.c.doc).where(
+    evaluations.c.status.in_(("queued", "running"))
+)
+_QUEUED_ITEMS = (
+    sa.select(items.c.doc)
+    .where(items.c.evaluation_id == sa.bindparam("evaluation_id"), items.c.status == "queued")
+    .order_by(items.c.position)
+    .limit(sa.bindparam("limit"))
+)
+_IN_FLIGHT_ITEMS = sa.select(items.c.doc).where(items.c.status.in_(sorted(IN_FLIGHT)))
+_ITEM_STATUS = sa.select(items.c.status).where(items.c.id == sa.bindparam("id"))
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    id: str
+    hostname: str
+    pid: int
+    slots: int
+    started_at: str
+    heartbeat_at: str
+
+
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    session_id: str
+    seq: int
+    item_id: str
+    role: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    metadata: dict[str, Any]
+    created_at: str
+
+
+class WorkQueue:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # ---- claimable work ----
+
+    async def active_evaluations(self) -> list[EvaluationView]:
+        async with self.engine.connect() as conn:
+            docs = (await conn.execute(_ACTIVE_EVALUATIONS)).scalars().all()
+        return [decode_evaluation(d) for d in docs]
+
+    async def queued_items(self, evaluation_id: str, limit: int = 50) -> list[ItemView]:
+        async with self.engine.connect() as conn:
+            docs = (
+                await conn.execute(_QUEUED_ITEMS, {"evaluation_id": evaluation_id, "limit": limit})
+            ).scalars()
+            return [decode_item(d) for d in docs.all()]
+
+    async def in_flight_items(self) -> list[ItemView]:
+        async with self.engine.connect() as conn:
+            docs = (await conn.execute(_IN_FLIGHT_ITEMS)).scalars().all()
+        return [decode_item(d) for d in docs]
+
+    async def item_status(self, item_id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            status = (await conn.execute(_ITEM_STATUS, {"id": item_id})).scalar()
+        return None if status is None else str(status)
+
+    # ---- worker registry ----
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(workers.delete().where(workers.c.id == info.id))
+            await conn.execute(workers.insert(), msgspec.structs.asdict(info))
+
+    async def heartbeat(self, worker_id: str, at: str) -> None:
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(heartbeat_at=at)
+            )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+    async def live_workers(self, heartbeat_after: str) -> list[WorkerInfo]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(workers).where(workers.c.heartbeat_at > heartbeat_after)
+                )
+            ).all()
+        return [WorkerInfo(**row._mapping) for row in rows]
+
+    # ---- transcripts ----
+
+    async def save_transcript(self, messages: Sequence[StoredMessage]) -> None:
+        if not messages:
+            return
+        rows = [
+            {
+                **msgspec.structs.asdict(m),
+                "tool_calls": None
+                if m.tool_calls is None
+                else msgspec.json.encode(m.tool_calls).decode(),
+                "metadata": msgspec.json.encode(m.metadata).decode(),
+            }
+            for m in messages
+        ]
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(transcript_messages.insert(), rows)
+
+    async def transcript(
+        self, session_id: str, *, after_seq: int = 0, limit: int = 500
+    ) -> list[StoredMessage]:
+        query = (
+            sa.select(transcript_messages)
+            .where(
+                transcript_messages.c.session_id == session_id,
+                transcript_messages.c.seq > after_seq,
+            )
+            .order_by(transcript_messages.c.seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            StoredMessage(
+                **{
+                    **row,
+                    "tool_calls": None
+                    if row["tool_calls"] is None
+                    else msgspec.json.decode(row["tool_calls"]),
+                    "metadata": msgspec.json.decode(row["metadata"]),
+                }
+            )
+            for row in rows
+        ]

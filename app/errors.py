@@ -93,7 +93,9 @@ def _respond(request: Request[Any, Any, Any], error: ApiError) -> Response[Error
         errors=error.errors,
         request_id=request_id,
     )
-    return Response(body, status_code=error.status, headers=error.headers)
+    # Failures raised outside the request-id middleware (rate limit, routing) still echo it.
+    headers = {**error.headers, "x-request-id": request_id}
+    return Response(body, status_code=error.status, headers=headers)
 
 
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -49,10 +49,16 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
+def _older_than(version: tuple[int, ...], floor: tuple[int, ...]) -> bool:
+    """version < floor, with missing components read as 0 (2.0 is 2.0.0)."""
+    width = max(len(version), len(floor))
+    return version + (0,) * (width - len(version)) < floor + (0,) * (width - len(floor))
+
+
 def check_client_version(request: Request[Any, Any, Any], minimum: str) -> None:
     """Refuse a `dreadnode-sdk/<v>` older than the floor; other user agents pass."""
     match = _SDK_AGENT.search(request.headers.get("user-agent", ""))
-    if match and version_tuple(match[1]) < version_tuple(minimum):
+    if match and _older_than(version_tuple(match[1]), version_tuple(minimum)):
         raise ApiError(
             426,
             f"dreadnode-sdk {match[1]} is older than the oldest supported client {minimum}; "

@@ -70,7 +70,9 @@ async def _catch_up(
 
 async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> list[Difference]:
     scratch, pairs = _scratch_tables()
-    async with store.engine.begin() as conn:
+    # DDL too takes the write lock up front: a deferred transaction that must upgrade its
+    # lock while the API appends fails at once on SQLite instead of waiting.
+    async with write_transaction(store.engine) as conn:
         await conn.run_sync(scratch.drop_all)
         await conn.run_sync(scratch.create_all)
     try:
@@ -90,7 +92,7 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
                     differences += await _compare(conn, live, rebuilt)
         return differences
     finally:
-        async with store.engine.begin() as conn:
+        async with write_transaction(store.engine) as conn:
             await conn.run_sync(scratch.drop_all)
 
 

@@ -12,7 +12,6 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
@@ -236,22 +235,7 @@ def test_verify_names_a_corrupted_row_and_rebuild_repairs_it(api: Api) -> None:
 REBUILDS_WHILE_SERVING = 25
 
 
-def test_rebuild_while_the_api_serves_reads_and_writes(
-    api: Api, request: pytest.FixtureRequest
-) -> None:
-    if api.settings.is_sqlite:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: infrastructure/rebuild.py _run creates and drops the scratch tables "
-                    "in engine.begin() (deferred BEGIN on SQLite): the schema read takes a WAL "
-                    "snapshot, an API append commits, and the DDL's upgrade to a write lock "
-                    "fails at once with 'database is locked' (SQLITE_BUSY_SNAPSHOT, no busy "
-                    "timeout), so `projections rebuild` exits 1 while the API writes"
-                ),
-            )
-        )
+def test_rebuild_while_the_api_serves_reads_and_writes(api: Api) -> None:
     url = api.settings.database_url
     ids = populate(api)
     before = answers(api, ids)

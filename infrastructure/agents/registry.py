@@ -1,15 +1,20 @@
 """The agents the service knows, by name.
 
 Only what an evaluation needs to be validated at create time: whether `agent_type` names a real
-agent and whether that agent needs a `model`. Running agents lives beside this module.
+agent and whether that agent needs a `model`; plus `create_agent`, which the worker uses to get
+a runnable agent by name (the agents themselves live beside this module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from infrastructure.agents.protocol import Agent
 
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,3 +60,35 @@ def resolve_agent(name: str) -> AgentSpec | None:
 
 def agent_names() -> list[str]:
     return sorted(AGENTS)
+
+
+def create_agent(
+    name: str,
+    *,
+    max_retries: int = 2,
+    retry_delay_sec: float = 0.5,
+    request_timeout_sec: float = 300.0,
+) -> Agent:
+    """A ready-to-run agent for `name`; ValueError for a name the registry does not list.
+
+    The keyword options tune the openai agent's HTTP calls (quick retries of a failing model
+    endpoint before it raises AgentInfraError, and the bound on one generation); the other
+    agents make no HTTP calls and ignore them.
+    """
+    # Imported here so that validating names at create time (the API process) does not load
+    # the agents and their HTTP client.
+    from infrastructure.agents.nop import NopAgent
+    from infrastructure.agents.openai import OpenAIAgent
+    from infrastructure.agents.oracle import OracleAgent
+
+    if name == "oracle":
+        return OracleAgent()
+    if name == "nop":
+        return NopAgent()
+    if name == "openai":
+        return OpenAIAgent(
+            max_retries=max_retries,
+            retry_delay_sec=retry_delay_sec,
+            request_timeout_sec=request_timeout_sec,
+        )
+    raise ValueError(f"unknown agent {name!r}; known agents: {', '.join(agent_names())}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -37,6 +38,11 @@ class Snapshot(msgspec.Struct, frozen=True):
     error_summary: list[ErrorCount]
 
 
+class Interval(msgspec.Struct, frozen=True):
+    low: float
+    high: float
+
+
 class Analytics(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     total_samples: int
@@ -44,12 +50,30 @@ class Analytics(msgspec.Struct, frozen=True, kw_only=True):
     failed_count: int
     error_count: int
     pass_rate: float | None
+    # 95% Wilson score interval of pass_rate: honest at small n and near 0 or 1.
+    pass_rate_ci95: Interval | None
+    # Items without a verdict (timed out, infra error, cancelled, errored) counted as failures.
+    pass_rate_errors_as_failures: float | None
     degraded_runtime_count: int
     analytics_snapshot: Snapshot
 
 
 def _rate(passed: int, decided: int) -> float | None:
     return passed / decided if decided else None
+
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> Interval | None:
+    """The Wilson score interval for a binomial proportion (None without trials)."""
+    if trials == 0:
+        return None
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    margin = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return Interval(low=max(0.0, centre - margin), high=min(1.0, centre + margin))
 
 
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
@@ -94,6 +118,8 @@ def compute(evaluation: EvaluationView, items: Sequence[ItemView]) -> Analytics:
         failed_count=failed,
         error_count=errors,
         pass_rate=_rate(passed, passed + failed),
+        pass_rate_ci95=wilson_interval(passed, passed + failed),
+        pass_rate_errors_as_failures=_rate(passed, passed + failed + errors),
         degraded_runtime_count=0,
         analytics_snapshot=Snapshot(
             task_breakdown=breakdown,

@@ -1,0 +1,71 @@
+"""Sandbox providers by name, so a `docker` or remote provider plugs in without engine changes.
+
+A worker builds its own registry with `default_registry(settings.sandbox_root)` and looks
+providers up with `get`. The module-level `register` / `get_provider` / `provider_names` act on
+a process-wide default registry (sandboxes under `.assay/sandboxes`) for code that only needs
+to know which names exist, such as validating `sandbox_provider` when an evaluation is created.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infrastructure.sandbox.local import LocalSandboxProvider
+from infrastructure.sandbox.protocol import SandboxProvider
+
+DEFAULT_SANDBOX_ROOT = Path(".assay/sandboxes")
+
+
+class UnknownProvider(KeyError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"unknown sandbox provider {self.name!r}; known: {', '.join(self.known) or 'none'}"
+
+
+class ProviderRegistry:
+    def __init__(self) -> None:
+        self._providers: dict[str, SandboxProvider] = {}
+
+    def register(self, provider: SandboxProvider, *, replace: bool = False) -> None:
+        """Add a provider under its `name`; a second one of the same name is refused unless
+        `replace` (a typo'd plugin must not silently shadow `local`)."""
+        if provider.name in self._providers and not replace:
+            raise ValueError(f"sandbox provider {provider.name!r} is already registered")
+        self._providers[provider.name] = provider
+
+    def get(self, name: str) -> SandboxProvider:
+        try:
+            return self._providers[name]
+        except KeyError:
+            raise UnknownProvider(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._providers)
+
+
+def default_registry(sandbox_root: Path = DEFAULT_SANDBOX_ROOT) -> ProviderRegistry:
+    """A registry holding what this build runs: the `local` provider, under `sandbox_root`."""
+    registry = ProviderRegistry()
+    registry.register(LocalSandboxProvider(Path(sandbox_root)))
+    return registry
+
+
+# Constructing LocalSandboxProvider touches neither the disk nor the kernel (its isolation is
+# probed on first use), so this costs nothing at import.
+_DEFAULT = default_registry()
+
+
+def register(provider: SandboxProvider, *, replace: bool = False) -> None:
+    _DEFAULT.register(provider, replace=replace)
+
+
+def get_provider(name: str) -> SandboxProvider:
+    return _DEFAULT.get(name)
+
+
+def provider_names() -> list[str]:
+    return _DEFAULT.names()

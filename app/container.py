@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator
 from app.services.evaluations import EvaluationService
+from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.crypto import load_cipher
@@ -16,6 +18,10 @@ from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import Projector
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, load_catalog
+from infrastructure.work_queue import WorkQueue
+
+# How long a server trusts its count of live worker slots (effective_concurrency).
+CAPACITY_CACHE_SECONDS = 2.0
 
 
 @dataclass
@@ -28,6 +34,8 @@ class Container:
     authenticator: Authenticator
     catalog: TaskCatalog
     evaluations: EvaluationService
+    queue: WorkQueue
+    _capacity: tuple[float, int] = (0.0, 0)
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
@@ -36,6 +44,7 @@ class Container:
         queries = ReadModelQueries(engine)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
+        queue = WorkQueue(engine)
         return cls(
             settings=settings,
             engine=engine,
@@ -51,6 +60,27 @@ class Container:
                 catalog=catalog,
                 settings=settings,
             ),
+            queue=queue,
+        )
+
+    async def capacity(self) -> int:
+        """Item slots of the live workers: what any evaluation can be granted at most."""
+        expires, slots = self._capacity
+        if expires > time.monotonic():
+            return slots
+        live = await self.queue.live_workers()
+        slots = sum(w.slots for w in live)
+        self._capacity = (time.monotonic() + CAPACITY_CACHE_SECONDS, slots)
+        return slots
+
+    def worker_pool(self, slots: int) -> WorkerPool:
+        return WorkerPool(
+            settings=self.settings,
+            store=self.store,
+            queue=self.queue,
+            identity=self.identity,
+            catalog=self.catalog,
+            slots=slots,
         )
 
     async def close(self) -> None:

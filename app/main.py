@@ -43,9 +43,16 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         built = container or Container.build(settings)
         app.state.container = built
+        # The embedded set-up runs its worker in the server process (ASSAY_WORKERS=0: none).
+        pool = built.worker_pool(settings.workers) if settings.workers > 0 else None
+        if pool is not None:
+            await pool.start()
+            built.evaluations.notify_work = pool.wake
         try:
             yield
         finally:
+            if pool is not None:
+                await pool.stop()
             await built.close()
 
     async def before_request(request: Request[Any, Any, Any]) -> None:

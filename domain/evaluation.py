@@ -52,6 +52,12 @@ class EvaluationConfig(msgspec.Struct, frozen=True, kw_only=True):
     task_set: str | None = None
 
 
+def chosen_agent(agent_type: str | None, capability: str | None) -> str:
+    """The agent that runs an evaluation's items: named by agent_type or capability, else the
+    model-driven `openai` agent."""
+    return agent_type or capability or "openai"
+
+
 class ItemSpec(msgspec.Struct, frozen=True, kw_only=True):
     item_id: str
     task_name: str

@@ -33,6 +33,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds an authenticated API key stays cached in a server process; a revoked key stops
     # working within this bound.
     auth_cache_seconds: float = 2.0
+    # Item slots of the worker that `assay serve` runs in-process; 0 runs none.
+    workers: int = 4
+    # A worker renews its items' leases every third of this; an item whose lease lapses
+    # (its worker died) is taken back and retried.
+    lease_seconds: float = 30.0
+    # How often an idle worker looks for work made by other processes.
+    poll_seconds: float = 0.5
+    # First backoff of an automatic infra_error retry; doubles with each retry.
+    retry_backoff_seconds: float = 2.0
+    # Where the local sandbox provider makes its per-item directories.
+    sandbox_root: str = ".assay/sandboxes"
+    # OpenAI-compatible endpoint of the `openai` agent when the evaluation names no runtime.
+    openai_base_url: str | None = None
+    default_max_steps: int = 30
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -56,6 +70,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("secret_key_file", str),
             ("log_level", str),
             ("auth_cache_seconds", float),
+            ("workers", int),
+            ("lease_seconds", float),
+            ("poll_seconds", float),
+            ("retry_backoff_seconds", float),
+            ("sandbox_root", str),
+            ("openai_base_url", str),
+            ("default_max_steps", int),
         ):
             raw = get(field.upper())
             if raw is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -15,6 +16,9 @@ from infrastructure.db.engine import write_transaction
 from infrastructure.db.execution_tables import transcript_messages, workers
 from infrastructure.db.store_tables import evaluations, items
 from infrastructure.readmodels import decode_evaluation, decode_item
+
+# A worker heartbeats every few seconds; one silent for this long is taken for dead.
+WORKER_TIMEOUT_SECONDS = 15.0
 
 _ACTIVE_EVALUATIONS = sa.select(evaluations.c.doc).where(
     evaluations.c.status.in_(("queued", "running"))
@@ -95,7 +99,10 @@ class WorkQueue:
         async with write_transaction(self.engine) as conn:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
 
-    async def live_workers(self, heartbeat_after: str) -> list[WorkerInfo]:
+    async def live_workers(self) -> list[WorkerInfo]:
+        """Workers that sent a heartbeat within WORKER_TIMEOUT_SECONDS."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TIMEOUT_SECONDS)
+        heartbeat_after = cutoff.isoformat(timespec="microseconds")
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(

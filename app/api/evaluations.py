@@ -18,6 +18,9 @@ from app.api.schemas import (
     HistoryEvent,
     ItemList,
     ItemResponse,
+    Transcript,
+    TranscriptMessageResponse,
+    TranscriptSession,
     evaluation_response,
     item_response,
 )
@@ -26,7 +29,7 @@ from app.container import Container
 from app.errors import ApiError, not_found
 from app.services.evaluations import CommandContext
 from domain import analytics
-from domain.evaluation import EVALUATION_STATUSES
+from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
 from domain.projections import EvaluationView, ItemView
 from infrastructure import codec
@@ -92,8 +95,9 @@ class EvaluationController(Controller):
         self, request: Request[Any, Any, Any], tenant: Scope, data: CreateEvaluationRequest
     ) -> EvaluationResponse:
         """Create an evaluation: one queued item per task name or dataset row."""
-        service = container_of(request).evaluations
-        return evaluation_response(await service.create(_context(request, tenant), data))
+        container = container_of(request)
+        view = await container.evaluations.create(_context(request, tenant), data)
+        return evaluation_response(view, await container.capacity())
 
     @get("/evaluations", responses=errors_for(400, 401, 404, 426, 429))
     async def list_evaluations(
@@ -115,8 +119,9 @@ class EvaluationController(Controller):
             status=status,
             project_id=project_id,
         )
+        capacity = await container_of(request).capacity()
         return EvaluationList(
-            items=[evaluation_response(v) for v in found.items],
+            items=[evaluation_response(v, capacity) for v in found.items],
             total=found.total,
             page=page,
             page_size=page_size,
@@ -127,7 +132,10 @@ class EvaluationController(Controller):
         self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
     ) -> EvaluationResponse:
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
-        return evaluation_response(await _evaluation(request, tenant, evaluation_id))
+        return evaluation_response(
+            await _evaluation(request, tenant, evaluation_id),
+            await container_of(request).capacity(),
+        )
 
     @post(
         "/evaluation/{evaluation_id:str}/cancel",
@@ -139,8 +147,9 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         view = await _evaluation(request, tenant, evaluation_id)
-        service = container_of(request).evaluations
-        return evaluation_response(await service.cancel(_context(request, tenant), view.id))
+        container = container_of(request)
+        cancelled = await container.evaluations.cancel(_context(request, tenant), view.id)
+        return evaluation_response(cancelled, await container.capacity())
 
     @post(
         "/evaluation/{evaluation_id:str}/retry-failed",
@@ -152,8 +161,9 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         view = await _evaluation(request, tenant, evaluation_id)
-        service = container_of(request).evaluations
-        return evaluation_response(await service.retry_failed(_context(request, tenant), view.id))
+        container = container_of(request)
+        reopened = await container.evaluations.retry_failed(_context(request, tenant), view.id)
+        return evaluation_response(reopened, await container.capacity())
 
     @get("/evaluation/{evaluation_id:str}/analytics", responses=errors_for(401, 404, 409, 426, 429))
     async def get_analytics(
@@ -191,6 +201,52 @@ class EvaluationController(Controller):
         """One item by id or unique id prefix."""
         view = await _evaluation(request, tenant, evaluation_id)
         return item_response(await _item(request, view, item_id))
+
+    @get(
+        "/evaluation/{evaluation_id:str}/items/{item_id:str}/transcript",
+        responses=errors_for(400, 401, 404, 409, 426, 429),
+    )
+    async def get_transcript(
+        self,
+        request: Request[Any, Any, Any],
+        tenant: Scope,
+        evaluation_id: str,
+        item_id: str,
+        after_seq: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+    ) -> Transcript:
+        """What the agent said and did in the item's latest attempt (secrets redacted);
+        404 when the item never started an agent."""
+        view = await _evaluation(request, tenant, evaluation_id)
+        item = await _item(request, view, item_id)
+        if item.session_id is None:
+            raise not_found(f"transcript of item {item_id!r} (its agent never started)")
+        messages = await container_of(request).queue.transcript(
+            item.session_id, after_seq=after_seq, limit=limit + 1
+        )
+        return Transcript(
+            session=TranscriptSession(
+                id=item.session_id,
+                item_id=item.id,
+                evaluation_id=view.id,
+                agent=chosen_agent(view.config.agent_type, view.config.capability),
+                model=view.config.model,
+            ),
+            messages=[
+                TranscriptMessageResponse(
+                    id=f"{m.session_id}:{m.seq}",
+                    seq=m.seq,
+                    role=m.role,
+                    content=m.content,
+                    tool_calls=m.tool_calls,
+                    tool_call_id=m.tool_call_id,
+                    metadata=m.metadata,
+                    created_at=m.created_at,
+                )
+                for m in messages[:limit]
+            ],
+            has_more=len(messages) > limit,
+        )
 
     @get(
         "/evaluation/{evaluation_id:str}/events", responses=errors_for(400, 401, 404, 409, 426, 429)

@@ -138,13 +138,39 @@ class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: str
 
 
+class TranscriptSession(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    item_id: str
+    evaluation_id: str
+    agent: str
+    model: str | None
+
+
+class TranscriptMessageResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    seq: int
+    role: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    metadata: dict[str, Any]
+    created_at: str
+
+
+class Transcript(msgspec.Struct, frozen=True):
+    session: TranscriptSession
+    messages: list[TranscriptMessageResponse]
+    has_more: bool
+
+
 class EvaluationHistory(msgspec.Struct, frozen=True):
     evaluation_id: str
     events: list[HistoryEvent]
     next_after: int | None
 
 
-def evaluation_response(view: EvaluationView) -> EvaluationResponse:
+def evaluation_response(view: EvaluationView, capacity: int) -> EvaluationResponse:
+    """`capacity`: item slots of the live workers, which bounds what the service grants."""
     config = view.config
     actor = view.created_by
     return EvaluationResponse(
@@ -159,8 +185,7 @@ def evaluation_response(view: EvaluationView) -> EvaluationResponse:
         sandbox_provider=config.sandbox_provider,
         cleanup_policy=config.cleanup_policy,
         requested_concurrency=config.concurrency,
-        # No worker pool caps an evaluation yet, so what is granted is what was asked.
-        effective_concurrency=config.concurrency,
+        effective_concurrency=min(config.concurrency, capacity),
         task_timeout_sec=config.task_timeout_sec,
         max_retries=config.max_retries,
         dataset_size=view.dataset_size,

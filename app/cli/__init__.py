@@ -13,9 +13,9 @@ def main() -> None:
 
 def _register() -> None:
     # Sub-command modules import heavy dependencies; they attach themselves to `main` here.
-    from app.cli import admin, db, projections, serve
+    from app.cli import admin, db, projections, serve, worker
 
-    for module in (admin, db, projections, serve):
+    for module in (admin, db, projections, serve, worker):
         main.add_command(module.group)
 
 

@@ -26,11 +26,10 @@ from infrastructure.identity.records import Principal
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
+from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, UnknownTask
 
-# Providers a sandbox can come from; `local` is the only one this build runs.
-SANDBOX_PROVIDERS = ("local",)
 SUPPORTED_KINDS = ("security_task_benchmark",)
 CONFLICT_RETRIES = 5
 
@@ -72,6 +71,8 @@ class EvaluationService:
         self.settings = settings
         self.clock = clock
         self.new_id = new_id
+        # Called after a command made items claimable, so an in-process worker starts at once.
+        self.notify_work: Callable[[], None] = lambda: None
 
     # ---- create ----
 
@@ -84,17 +85,18 @@ class EvaluationService:
         if request.kind not in SUPPORTED_KINDS:
             errors.append(_field_error(["body", "kind"], f"kind must be one of {SUPPORTED_KINDS}"))
         provider = request.sandbox_provider or "local"
-        if provider not in SANDBOX_PROVIDERS:
+        if provider not in provider_names():
             errors.append(
                 _field_error(
                     ["body", "sandbox_provider"],
                     f"unknown sandbox provider {provider!r}; "
-                    f"registered: {', '.join(SANDBOX_PROVIDERS)}",
+                    f"registered: {', '.join(provider_names())}",
                 )
             )
         if errors:
             raise ApiError(422, _summary(errors), errors=errors)
         await self._check_references(ctx, request)
+        await self._check_openai_endpoint(ctx, request)
 
         evaluation_id = self.new_id()
         config = ev.EvaluationConfig(
@@ -130,6 +132,7 @@ class EvaluationService:
         recorded = await self.store.append(
             codec.to_appends(new_events, {}, self._metadata(ctx)), recorded_at=self.clock()
         )
+        self.notify_work()
         # A new evaluation's row is exactly the fold of its own events: no read needed.
         return fold(recorded).evaluations[evaluation_id]
 
@@ -182,6 +185,33 @@ class EvaluationService:
             )
         return specs
 
+    async def _check_openai_endpoint(
+        self, ctx: CommandContext, request: CreateEvaluationRequest
+    ) -> None:
+        """The openai agent needs an endpoint; fail at create, not item by item later."""
+        if ev.chosen_agent(request.agent_type, request.capability) != "openai":
+            return
+        if request.model is None:
+            raise ApiError(
+                422,
+                "the openai agent needs a model",
+                errors=[_field_error(["body", "model"], "model is required for the openai agent")],
+            )
+        if self.settings.openai_base_url:
+            return
+        if request.runtime_id is not None:
+            runtime = await self.identity.get_runtime(ctx.workspace_id, request.runtime_id)
+            if runtime is not None and runtime.base_url:
+                return
+        message = (
+            "the openai agent has no endpoint: set ASSAY_OPENAI_BASE_URL on the server or pass "
+            "a runtime_id whose runtime has a base_url (or choose another agent with "
+            "agent_type/capability, e.g. oracle or nop)"
+        )
+        raise ApiError(
+            422, message, errors=[_field_error(["body", "runtime_id"], message, "missing_endpoint")]
+        )
+
     def _check_agent(self, request: CreateEvaluationRequest, errors: list[FieldError]) -> None:
         for field in ("agent_type", "capability"):
             name = getattr(request, field)
@@ -226,7 +256,9 @@ class EvaluationService:
         return await self._run(ctx, evaluation_id, ev.CancelEvaluation())
 
     async def retry_failed(self, ctx: CommandContext, evaluation_id: str) -> EvaluationView:
-        return await self._run(ctx, evaluation_id, ev.RetryFailed())
+        view = await self._run(ctx, evaluation_id, ev.RetryFailed())
+        self.notify_work()
+        return view
 
     async def _run(
         self, ctx: CommandContext, evaluation_id: str, command: ev.Command

@@ -71,6 +71,10 @@ class Sandbox(Protocol):
         """Kill every process still running in the sandbox (cancellation)."""
         ...
 
+    async def keep(self) -> None:
+        """Kill its processes but keep its files for inspection (orphan reaping spares it)."""
+        ...
+
     async def destroy(self) -> None: ...
 
 

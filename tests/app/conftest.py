@@ -71,6 +71,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "secret_key": Fernet.generate_key().decode(),
         "log_json": True,
         "auth_cache_seconds": 0.0,
+        # The API suites check the API alone; the engine's suites start workers themselves.
+        "workers": 0,
+        # Never contacted (no worker runs); lets a bare `model` choose the openai agent.
+        "openai_base_url": "http://127.0.0.1:9/v1",
     }
     values.update(overrides)
     return Settings(**values)

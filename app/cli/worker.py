@@ -1,0 +1,41 @@
+"""`assay worker`: a worker process that claims and runs items (PostgreSQL: run many)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import click
+
+from app.container import Container
+from app.logging import configure_logging
+from infrastructure.settings import Settings
+
+
+@click.command("worker")
+@click.option("--slots", type=int, default=None, help="Items run at once (default ASSAY_WORKERS).")
+def group(slots: int | None) -> None:
+    """Claim queued items and run each in a sandbox until stopped (SIGINT/SIGTERM)."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_json)
+    slot_count = slots if slots is not None else settings.workers
+    if slot_count < 1:
+        raise click.ClickException("a worker needs at least one slot (--slots N)")
+
+    async def main() -> None:
+        container = Container.build(settings)
+        pool = container.worker_pool(slot_count)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, stop.set)
+        await pool.start()
+        try:
+            await stop.wait()
+        finally:
+            await pool.stop()
+            await container.close()
+
+    asyncio.run(main())

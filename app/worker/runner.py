@@ -1,0 +1,358 @@
+"""Runs one claimed item through its phases, recording an event per transition.
+
+    claiming -> provisioning -> agent_running -> agent_finished -> verifying -> verdict
+
+The deadline (`task_timeout_sec` from the claim) bounds every sandbox command and the agent;
+past it the item ends `timed_out` and the sandbox's process tree is killed. Sandbox and model
+endpoint failures end in `infra_error` (retried with backoff while retries are left); a
+checker that breaks ends in `errored`; cancellation kills the sandbox within the poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from app.services.items import ItemHandle, ItemLost
+from domain import item as it
+from domain.projections import EvaluationView, ItemView
+from infrastructure.agents.protocol import (
+    Agent,
+    AgentContext,
+    AgentInfraError,
+    AgentOutcome,
+    redact,
+)
+from infrastructure.sandbox.protocol import Sandbox, SandboxError, SandboxProvider, SandboxSpec
+from infrastructure.tasks import (
+    FlagVerification,
+    ScriptVerification,
+    Task,
+    TaskCatalog,
+    UnknownTask,
+)
+from infrastructure.work_queue import StoredMessage, WorkQueue
+
+log = structlog.get_logger("assay.worker")
+
+CANCEL_POLL_SECONDS = 0.5
+CHECKER_MAX_SECONDS = 300.0
+OUTPUT_KEPT = 4000
+
+
+class DeadlinePassed(Exception):
+    pass
+
+
+class CheckerBroke(Exception):
+    pass
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed()
+        return left
+
+
+class ItemJob:
+    """Everything a runner needs about one claimed item, resolved by the pool."""
+
+    def __init__(
+        self,
+        *,
+        handle: ItemHandle,
+        item: ItemView,
+        evaluation: EvaluationView,
+        agent_name: str,
+        agent: Agent,
+        provider: SandboxProvider,
+        context_extras: Mapping[str, Any],
+        secrets_env: Mapping[str, str],
+    ) -> None:
+        self.handle = handle
+        self.item = item
+        self.evaluation = evaluation
+        self.agent_name = agent_name
+        self.agent = agent
+        self.provider = provider
+        self.context_extras = context_extras
+        self.secrets_env = secrets_env
+
+
+class ItemRunner:
+    def __init__(
+        self,
+        *,
+        catalog: TaskCatalog,
+        queue: WorkQueue,
+        clock: Callable[[], str],
+        retry_backoff_seconds: float,
+        default_max_steps: int,
+    ) -> None:
+        self.catalog = catalog
+        self.queue = queue
+        self.clock = clock
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self.default_max_steps = default_max_steps
+
+    async def run(self, job: ItemJob) -> None:
+        config = job.evaluation.config
+        deadline = Deadline(config.task_timeout_sec)
+        sandbox: Sandbox | None = None
+        handle = job.handle
+        redactions = tuple(job.secrets_env.values())
+        try:
+            task = self.catalog.resolve(job.item.task_ref)
+            await handle.apply(
+                it.ItemProvisioning(item_id=handle.state.item_id, evaluation_id=config_id(job))
+            )
+            sandbox = await self._provision(job, task)
+            await self._setup(sandbox, task, deadline)
+            outcome = await self._run_agent(job, task, sandbox, deadline, redactions)
+            await handle.apply(
+                it.ItemAgentFinished(
+                    item_id=handle.state.item_id,
+                    evaluation_id=config_id(job),
+                    agent_result=outcome.agent_result(job.agent_name),
+                )
+            )
+            deadline.remaining()
+            await handle.apply(
+                it.ItemVerifying(item_id=handle.state.item_id, evaluation_id=config_id(job))
+            )
+            passed, result = await self._verify(task, sandbox, outcome, deadline, redactions)
+            await handle.apply(
+                it.ItemVerdict(
+                    item_id=handle.state.item_id,
+                    evaluation_id=config_id(job),
+                    passed=passed,
+                    result=result,
+                )
+            )
+        except ItemLost as exc:
+            log.info("item_lost", item_id=job.item.id, reason=str(exc))
+        except DeadlinePassed:
+            await self._end(
+                job,
+                it.ItemTimedOut(
+                    item_id=job.item.id,
+                    evaluation_id=config_id(job),
+                    error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
+                ),
+            )
+        except CheckerBroke as exc:
+            await self._end(
+                job,
+                it.ItemErrored(item_id=job.item.id, evaluation_id=config_id(job), error=str(exc)),
+            )
+        except (SandboxError, AgentInfraError, UnknownTask) as exc:
+            await self._infra_failure(job, redact(f"{type(exc).__name__}: {exc}", redactions))
+        except Exception as exc:  # a bug in the engine must not strand the item in flight
+            log.error("runner_failed", item_id=job.item.id, exc_info=exc)
+            await self._infra_failure(job, f"worker error: {type(exc).__name__}")
+        finally:
+            if sandbox is not None:
+                await self._clean_up(job, sandbox)
+
+    # ---- phases ----
+
+    async def _provision(self, job: ItemJob, task: Task) -> Sandbox:
+        spec = SandboxSpec(
+            item_id=job.item.id,
+            worker_id=job.handle.worker_id,
+            network=task.network,
+            env=dict(job.secrets_env),
+        )
+        sandbox = await job.provider.provision(spec)
+        # The agent gets the task's files, never its answers: no task.yaml (it holds the flag),
+        # no reference solution, no checker (copied in only after the agent finished).
+        hidden = {"task.yaml"}
+        for path in (task.solution_path, task.checker_path):
+            if path is not None:
+                hidden.add(path.relative_to(task.bundle_dir).parts[0])
+        await sandbox.put_tree(task.bundle_dir, exclude=frozenset(hidden))
+        return sandbox
+
+    async def _setup(self, sandbox: Sandbox, task: Task, deadline: Deadline) -> None:
+        if not task.setup:
+            return
+        result = await sandbox.run(task.setup, timeout_sec=deadline.remaining())
+        if result.timed_out:
+            deadline.remaining()  # past the item deadline: timed_out, else the setup hung
+            raise SandboxError("task setup did not finish in time")
+        if result.exit_code != 0:
+            raise SandboxError(
+                f"task setup failed with exit {result.exit_code}: {result.stderr[-500:]}"
+            )
+
+    async def _run_agent(
+        self,
+        job: ItemJob,
+        task: Task,
+        sandbox: Sandbox,
+        deadline: Deadline,
+        redactions: tuple[str, ...],
+    ) -> AgentOutcome:
+        session_id = str(uuid.uuid4())
+        await job.handle.apply(
+            it.ItemAgentStarted(
+                item_id=job.item.id, evaluation_id=config_id(job), session_id=session_id
+            )
+        )
+        config = job.evaluation.config
+        variables = {**config.task_config, **job.item.variables}
+        context = AgentContext(
+            task=task,
+            instruction=task.render_instruction(variables),
+            model=config.model,
+            max_steps=config.max_steps or self.default_max_steps,
+            timeout_sec=deadline.remaining(),
+            redact=redactions,
+            **job.context_extras,
+        )
+        agent_task = asyncio.ensure_future(job.agent.run(sandbox, context))
+        watcher = asyncio.ensure_future(self._watch_for_cancel(job, sandbox, agent_task))
+        try:
+            # The agent honours its own budget; the extra seconds only catch a hung agent.
+            outcome = await asyncio.wait_for(agent_task, deadline.remaining() + 5)
+        except TimeoutError as exc:
+            await sandbox.kill_all()
+            raise DeadlinePassed() from exc
+        except asyncio.CancelledError:
+            if watcher.done() and watcher.result():
+                raise ItemLost("evaluation cancelled while the agent ran") from None
+            raise
+        finally:
+            watcher.cancel()
+        await self.queue.save_transcript(
+            [
+                StoredMessage(
+                    session_id=session_id,
+                    seq=m.seq,
+                    item_id=job.item.id,
+                    role=m.role,
+                    content=m.content,
+                    tool_calls=m.tool_calls,
+                    tool_call_id=m.tool_call_id,
+                    metadata=m.metadata,
+                    created_at=m.created_at,
+                )
+                for m in outcome.transcript
+            ]
+        )
+        if outcome.stop_reason == "timeout":
+            raise DeadlinePassed()
+        return outcome
+
+    async def _watch_for_cancel(
+        self, job: ItemJob, sandbox: Sandbox, agent_task: asyncio.Future[AgentOutcome]
+    ) -> bool:
+        """Poll the item's status; if someone else ended it, kill the sandbox and the agent."""
+        while not agent_task.done():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            status = await self.queue.item_status(job.item.id)
+            if status != job.handle.status:
+                await sandbox.kill_all()
+                agent_task.cancel()
+                return True
+        return False
+
+    async def _verify(
+        self,
+        task: Task,
+        sandbox: Sandbox,
+        outcome: AgentOutcome,
+        deadline: Deadline,
+        redactions: tuple[str, ...],
+    ) -> tuple[bool, dict[str, Any]]:
+        verification = task.verification
+        if isinstance(verification, FlagVerification):
+            submitted = outcome.submission or ""
+            passed = verification.matches(submitted)
+            return passed, {
+                "verification": "flag",
+                "submitted": redact(submitted.strip(), redactions)[:OUTPUT_KEPT],
+                "correct": passed,
+            }
+        if isinstance(verification, ScriptVerification):
+            checker = task.bundle_dir / verification.script
+            await sandbox.put_file(verification.script, checker.read_bytes(), 0o755)
+            result = await sandbox.run(
+                f"bash {verification.script}",
+                timeout_sec=min(deadline.remaining(), CHECKER_MAX_SECONDS),
+            )
+            output = redact(result.stdout, redactions)[-OUTPUT_KEPT:]
+            if result.timed_out:
+                deadline.remaining()
+                raise CheckerBroke("checker did not finish in time")
+            if result.exit_code not in (0, 1):
+                raise CheckerBroke(
+                    f"checker exited {result.exit_code}: {redact(result.stderr, redactions)[-500:]}"
+                )
+            return result.exit_code == 0, {
+                "verification": "script",
+                "exit_code": result.exit_code,
+                "output": output,
+            }
+        raise CheckerBroke(f"task {task.ref} has no verification config")
+
+    # ---- endings ----
+
+    async def _end(self, job: ItemJob, event: it.AnyItemEvent) -> None:
+        try:
+            await job.handle.apply(event)
+        except ItemLost as exc:
+            log.info("item_lost", item_id=job.item.id, reason=str(exc))
+
+    async def _infra_failure(self, job: ItemJob, error: str) -> None:
+        backoff = self.retry_backoff_seconds * (2**job.handle.state.retry_count)
+        not_before = datetime.now(UTC) + timedelta(seconds=backoff)
+        await self._end(
+            job,
+            it.ItemInfraFailed(
+                item_id=job.item.id,
+                evaluation_id=config_id(job),
+                error=error,
+                will_retry=True,  # the domain decides whether retries are left
+                retry_not_before=not_before.isoformat(timespec="microseconds"),
+            ),
+        )
+
+    async def _clean_up(self, job: ItemJob, sandbox: Sandbox) -> None:
+        keep = (
+            job.evaluation.config.cleanup_policy == "on_success"
+            and job.handle.status in it.TERMINAL
+            and job.handle.status != "passed"
+        )
+        try:
+            if keep:
+                await sandbox.keep()
+                await self._end(
+                    job,
+                    it.ItemSandboxKept(
+                        item_id=job.item.id, evaluation_id=config_id(job), location=sandbox.location
+                    ),
+                )
+            else:
+                await sandbox.destroy()
+        except SandboxError as exc:
+            log.warning("sandbox_cleanup_failed", item_id=job.item.id, error=str(exc))
+
+
+def config_id(job: ItemJob) -> str:
+    return job.item.evaluation_id
+
+
+Runner = Callable[[ItemJob], Awaitable[None]]

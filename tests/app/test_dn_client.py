@@ -234,6 +234,29 @@ def test_samples_list_and_get(dn: Dn) -> None:
     assert sample["task_name_snapshot"] == "decode-payload"
 
 
+def test_export_and_compare(dn: Dn, tmp_path: Path) -> None:
+    first = create(dn, "dn-export-a")
+    second = create(dn, "dn-export-b", "crack-weak-hash")
+
+    exported = ok(dn("evaluation", "export", first["id"][:8], "--json")).json()
+    assert exported["job"]["id"] == first["id"]
+    assert [s["task_name_snapshot"] for s in exported["samples"]] == [
+        "find-the-flag",
+        "decode-payload",
+    ]
+    # No item ever started an agent, so there is no transcript to export (404s are skipped).
+    assert exported["transcripts"] == {}
+
+    out = tmp_path / "export"
+    ok(dn("evaluation", "export", first["id"][:8], "--no-transcripts", "--output", str(out)))
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 2
+
+    compared = ok(dn("evaluation", "compare", first["id"][:8], second["id"][:8], "--json")).json()
+    assert compared["a"]["job"]["id"] == first["id"]
+    assert compared["b"]["job"]["id"] == second["id"]
+    assert compared["b"]["job"]["dataset_size"] == 1
+
+
 def test_unknown_task_is_refused_with_the_422_detail(dn: Dn, server: LiveServer) -> None:
     result = dn(
         "evaluation", "create", "dn-refused", "--task", "no-such-task", "--model", MODEL, "--json"

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.item import IN_FLIGHT
 from domain.projections import EvaluationView, ItemView
+from infrastructure.clock import iso
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.execution_tables import transcript_messages, workers
 from infrastructure.db.store_tables import evaluations, items
@@ -102,7 +103,7 @@ class WorkQueue:
     async def live_workers(self) -> list[WorkerInfo]:
         """Workers that sent a heartbeat within WORKER_TIMEOUT_SECONDS."""
         cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TIMEOUT_SECONDS)
-        heartbeat_after = cutoff.isoformat(timespec="microseconds")
+        heartbeat_after = iso(cutoff)
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -21,6 +20,7 @@ from domain import item as it
 from domain.projections import Actor, EvaluationView
 from infrastructure import codec
 from infrastructure.agents.registry import agent_names, resolve_agent
+from infrastructure.clock import utc_now
 from infrastructure.eventstore import ConcurrencyConflict, EventStore
 from infrastructure.identity.records import Principal
 from infrastructure.identity.store import IdentityStore
@@ -32,10 +32,6 @@ from infrastructure.tasks import TaskCatalog, UnknownTask
 
 SUPPORTED_KINDS = ("security_task_benchmark",)
 CONFLICT_RETRIES = 5
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def actor_of(principal: Principal) -> Actor:

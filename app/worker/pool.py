@@ -21,13 +21,13 @@ from typing import Any
 
 import structlog
 
-from app.services.evaluations import utc_now
 from app.services.items import ItemHandle, ItemLost, state_of
 from app.worker.runner import ItemJob, ItemRunner
 from domain import evaluation as ev
 from domain import item as it
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.registry import create_agent
+from infrastructure.clock import iso, utc_now
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.store import IdentityStore
 from infrastructure.sandbox.protocol import SandboxProvider
@@ -39,10 +39,6 @@ from infrastructure.work_queue import WorkerInfo, WorkQueue
 log = structlog.get_logger("assay.worker")
 
 HEARTBEAT_SECONDS = 5.0
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -164,7 +160,7 @@ class WorkerPool:
             )
         )
         claimed = 0
-        now = _iso(datetime.now(UTC))
+        now = iso(datetime.now(UTC))
         for evaluation in evaluations:
             if len(self._running) >= self.slots:
                 break
@@ -180,7 +176,7 @@ class WorkerPool:
 
     async def _claim(self, evaluation: EvaluationView, view: ItemView) -> bool:
         handle = ItemHandle(self.store, state_of(view), utc_now, self.worker_id)
-        lease = _iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
+        lease = iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
         try:
             await handle.apply(
                 it.ItemClaimed(
@@ -204,7 +200,7 @@ class WorkerPool:
                     evaluation_id=view.evaluation_id,
                     error="worker could not prepare the item (agent, provider or secrets)",
                     will_retry=True,
-                    retry_not_before=_iso(
+                    retry_not_before=iso(
                         datetime.now(UTC) + timedelta(seconds=self.settings.retry_backoff_seconds)
                     ),
                 )
@@ -275,7 +271,7 @@ class WorkerPool:
                 log.error("maintenance_failed", exc_info=exc)
 
     async def _renew_leases(self) -> None:
-        lease = _iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
+        lease = iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
         for item_id, (_task, handle) in list(self._running.items()):
             if handle.status not in it.IN_FLIGHT:
                 continue
@@ -291,7 +287,7 @@ class WorkerPool:
 
     async def _expire_leases(self) -> None:
         """Take back items whose worker stopped renewing (it died): retried or infra_error."""
-        now = _iso(datetime.now(UTC))
+        now = iso(datetime.now(UTC))
         for view in await self.queue.in_flight_items():
             if view.id in self._running or view.lease_expires_at is None:
                 continue

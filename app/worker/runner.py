@@ -29,6 +29,7 @@ from infrastructure.agents.protocol import (
     AgentOutcome,
     redact,
 )
+from infrastructure.clock import iso
 from infrastructure.sandbox.protocol import Sandbox, SandboxError, SandboxProvider, SandboxSpec
 from infrastructure.tasks import (
     FlagVerification,
@@ -326,7 +327,7 @@ class ItemRunner:
                 evaluation_id=config_id(job),
                 error=error,
                 will_retry=True,  # the domain decides whether retries are left
-                retry_not_before=not_before.isoformat(timespec="microseconds"),
+                retry_not_before=iso(not_before),
             ),
         )
 

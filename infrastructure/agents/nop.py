@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from infrastructure.agents.oracle import TranscriptRecorder
 from infrastructure.agents.protocol import AgentContext, AgentOutcome
+from infrastructure.agents.transcript import TranscriptRecorder
 from infrastructure.sandbox.protocol import Sandbox
 
 

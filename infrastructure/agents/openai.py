@@ -28,16 +28,16 @@ from typing import Any
 
 import httpx
 
-from infrastructure.agents.oracle import (
-    TranscriptRecorder,
-    exec_metadata,
-    format_exec_result,
-    last_line,
-)
 from infrastructure.agents.protocol import (
     AgentContext,
     AgentInfraError,
     AgentOutcome,
+)
+from infrastructure.agents.transcript import (
+    TranscriptRecorder,
+    exec_metadata,
+    format_exec_result,
+    last_line,
 )
 from infrastructure.sandbox.protocol import Sandbox
 

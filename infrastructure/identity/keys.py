@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from infrastructure.clock import iso, utc_now
 from infrastructure.identity import crypto
 from infrastructure.identity import queries as q
 from infrastructure.identity import validation as check
-from infrastructure.identity.base import StoreBase, as_row, new_id, utc_now
+from infrastructure.identity.base import StoreBase, as_row, new_id
 from infrastructure.identity.records import ApiKeyInfo, NotFound, Principal, Role, User
 
 # last_used_at is refreshed at most this often per key: a write on every request would put
@@ -85,7 +86,7 @@ class KeyStore(StoreBase):
 
     async def _touch(self, key_id: str, last_used_at: str | None) -> None:
         now = datetime.now(UTC)
-        stale = (now - LAST_USED_RESOLUTION).isoformat(timespec="microseconds")
+        stale = iso(now - LAST_USED_RESOLUTION)
         if last_used_at is not None and last_used_at >= stale:
             return
         try:
@@ -95,7 +96,7 @@ class KeyStore(StoreBase):
                     {
                         "p_id": key_id,
                         "p_stale": stale,
-                        "p_now": now.isoformat(timespec="microseconds"),
+                        "p_now": iso(now),
                     },
                 )
         except sa.exc.OperationalError:

@@ -6,9 +6,10 @@ Split by concern: transactions in `base`, API keys in `keys`, secrets in `vault`
 
 from __future__ import annotations
 
+from infrastructure.clock import utc_now
 from infrastructure.identity import queries as q
 from infrastructure.identity import validation as check
-from infrastructure.identity.base import as_row, new_id, utc_now
+from infrastructure.identity.base import as_row, new_id
 from infrastructure.identity.keys import KeyStore
 from infrastructure.identity.records import Membership, Org, Project, Runtime, User, Workspace
 from infrastructure.identity.vault import SecretVault

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from infrastructure.clock import utc_now
 from infrastructure.identity import crypto
 from infrastructure.identity import queries as q
 from infrastructure.identity import validation as check
-from infrastructure.identity.base import StoreBase, as_row, new_id, utc_now
+from infrastructure.identity.base import StoreBase, as_row, new_id
 from infrastructure.identity.records import IdentityError, NotFound, SecretInfo
 
 

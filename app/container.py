@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator
@@ -18,7 +20,10 @@ from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import Projector
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, load_catalog
+from infrastructure.view_cache import LogTail, ViewCache
 from infrastructure.work_queue import WorkQueue
+
+log = structlog.get_logger("assay.server")
 
 # How long a server trusts its count of live worker slots (effective_concurrency).
 CAPACITY_CACHE_SECONDS = 2.0
@@ -40,8 +45,9 @@ class Container:
     @classmethod
     def build(cls, settings: Settings) -> Container:
         engine = create_engine(settings.database_url)
-        store = EventStore(engine, in_transaction=Projector())
-        queries = ReadModelQueries(engine)
+        cache = ViewCache(settings.view_cache_seconds)
+        store = EventStore(engine, in_transaction=Projector(), after_commit=cache.forget_recorded)
+        queries = ReadModelQueries(engine, cache)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
         queue = WorkQueue(engine)
@@ -82,6 +88,23 @@ class Container:
             catalog=self.catalog,
             slots=slots,
         )
+
+    async def follow_log(self) -> None:
+        """Keep the view cache current with appends of other processes (runs until cancelled)."""
+        if not self.queries.cache.enabled:
+            return
+        tail = LogTail(
+            lambda after: self.store.read_all(after_position=after, limit=1000),
+            await self.store.last_position(),
+            self.queries.cache,
+        )
+        while True:
+            await asyncio.sleep(self.settings.view_tail_seconds)
+            try:
+                await tail.poll()
+            except Exception as exc:  # a passing database hiccup: empty the cache, go on
+                self.queries.cache.clear()
+                log.warning("log_tail_failed", error=repr(exc))
 
     async def close(self) -> None:
         await self.store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,9 +49,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         if pool is not None:
             await pool.start()
             built.evaluations.notify_work = pool.wake
+        tail = asyncio.create_task(built.follow_log(), name="log-tail")
         try:
             yield
         finally:
+            tail.cancel()
             if pool is not None:
                 await pool.stop()
             await built.close()

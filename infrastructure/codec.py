@@ -19,6 +19,9 @@ from infrastructure.eventstore import NewEvent, RecordedEvent, StreamAppend
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
+# Streams of the domain's aggregates; other streams (operations) record what operators did.
+DOMAIN_STREAMS = frozenset({"evaluation", "item"})
+
 
 class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     actor: Actor | None = None

@@ -20,12 +20,15 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.store_tables import events
+
+log = structlog.get_logger("assay.eventstore")
 
 # One constant key for the advisory lock that orders every append on PostgreSQL.
 APPEND_LOCK_KEY = 0x61737361  # "assa"
@@ -71,6 +74,8 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 # Runs inside the append transaction with the events just inserted (inline projections).
 InTransaction = Callable[[AsyncConnection, list[RecordedEvent]], Awaitable[None]]
+# Runs after a batch committed, with its events (caches); it must not raise.
+AfterCommit = Callable[[list[RecordedEvent]], None]
 
 
 class _Unit:
@@ -138,10 +143,12 @@ class EventStore:
         engine: AsyncEngine,
         *,
         in_transaction: InTransaction | None = None,
+        after_commit: AfterCommit | None = None,
     ) -> None:
         self.engine = engine
         self._is_postgres = engine.dialect.name == "postgresql"
         self._in_transaction = in_transaction
+        self._after_commit = after_commit
         self._pending: list[_Unit] = []
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -194,36 +201,54 @@ class EventStore:
             await self._settle_failure(unit, exc)
 
     async def _commit(self, batch: list[_Unit]) -> None:
-        rows: list[dict[str, Any]] = []
-        for unit in batch:
-            for append in unit.appends:
-                for offset, event in enumerate(append.events, start=1):
-                    rows.append(
-                        {
-                            "event_id": event.event_id,
-                            "stream_type": append.stream_type,
-                            "stream_id": append.stream_id,
-                            "stream_version": append.expected_version + offset,
-                            "event_type": event.event_type,
-                            "schema_version": event.schema_version,
-                            "data": event.data,
-                            "metadata": event.metadata,
-                            "recorded_at": unit.recorded_at,
-                        }
-                    )
         async with self.append_transaction() as conn:
-            recorded: list[RecordedEvent] = []
-            if rows:
-                result = await conn.execute(_INSERT, rows)
-                for row, (position,) in zip(rows, result.all(), strict=True):
-                    recorded.append(RecordedEvent(position=position, **row))
+            recorded = await self.insert(
+                conn, [(append, unit.recorded_at) for unit in batch for append in unit.appends]
+            )
             if self._in_transaction is not None and recorded:
                 await self._in_transaction(conn, recorded)
+        self.committed(recorded)
         cursor = 0
         for unit in batch:
             count = sum(len(a.events) for a in unit.appends)
             unit.future.set_result(recorded[cursor : cursor + count])
             cursor += count
+
+    async def insert(
+        self, conn: AsyncConnection, appends: Sequence[tuple[StreamAppend, str]]
+    ) -> list[RecordedEvent]:
+        """Insert events inside a transaction of `append_transaction` (no projection)."""
+        rows: list[dict[str, Any]] = [
+            {
+                "event_id": event.event_id,
+                "stream_type": append.stream_type,
+                "stream_id": append.stream_id,
+                "stream_version": append.expected_version + offset,
+                "event_type": event.event_type,
+                "schema_version": event.schema_version,
+                "data": event.data,
+                "metadata": event.metadata,
+                "recorded_at": recorded_at,
+            }
+            for append, recorded_at in appends
+            for offset, event in enumerate(append.events, start=1)
+        ]
+        if not rows:
+            return []
+        result = await conn.execute(_INSERT, rows)
+        return [
+            RecordedEvent(position=position, **row)
+            for row, (position,) in zip(rows, result.all(), strict=True)
+        ]
+
+    def committed(self, recorded: list[RecordedEvent]) -> None:
+        """Tell the after-commit hook about events whose transaction committed."""
+        if self._after_commit is None or not recorded:
+            return
+        try:
+            self._after_commit(recorded)
+        except Exception as exc:  # committed is committed: never retry a unit for this
+            log.error("after_commit_failed", error=repr(exc))
 
     @asynccontextmanager
     async def append_transaction(self) -> AsyncIterator[AsyncConnection]:

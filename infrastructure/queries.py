@@ -12,6 +12,7 @@ from domain.projections import EvaluationView, ItemView
 from infrastructure.db.store_tables import evaluations, events, items
 from infrastructure.eventstore import RecordedEvent
 from infrastructure.readmodels import decode_evaluation, decode_item
+from infrastructure.view_cache import ViewCache
 
 MIN_PREFIX = 8
 HEX = set("0123456789abcdef-")
@@ -64,13 +65,23 @@ _ITEM_IDS_OF = sa.select(items.c.id).where(items.c.evaluation_id == sa.bindparam
 
 
 class ReadModelQueries:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: AsyncEngine, cache: ViewCache | None = None) -> None:
+        # Reads are single statements: no transaction (no BEGIN/ROLLBACK round trips).
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.cache = cache or ViewCache(ttl_seconds=0)
 
     async def evaluation(self, evaluation_id: str) -> EvaluationView | None:
+        cached = self.cache.get(evaluation_id)
+        if cached is not None:
+            return cached
+        started = self.cache.generation()
         async with self.engine.connect() as conn:
             doc = (await conn.execute(_EVALUATION_BY_ID, {"id": evaluation_id})).scalar()
-        return decode_evaluation(doc) if doc is not None else None
+        if doc is None:
+            return None
+        view = decode_evaluation(doc)
+        self.cache.put(view, started)
+        return view
 
     async def resolve_evaluation_id(self, workspace_id: str, raw: str) -> str | None:
         """The full id of the workspace's evaluation that `raw` names (an id or a prefix)."""

@@ -111,7 +111,8 @@ def fold(recorded: Sequence[RecordedEvent], views: Views | None = None) -> Views
     """Advance `views` (or empty ones) by the recorded events, in order."""
     views = views if views is not None else Views()
     for record in recorded:
-        project(views, codec.decode(record), codec.envelope(record))
+        if record.stream_type in codec.DOMAIN_STREAMS:
+            project(views, codec.decode(record), codec.envelope(record))
     return views
 
 
@@ -122,6 +123,7 @@ class Projector:
         self._sql = _Statements(evaluation_table, item_table)
 
     async def __call__(self, conn: AsyncConnection, recorded: list[RecordedEvent]) -> None:
+        recorded = [r for r in recorded if r.stream_type in codec.DOMAIN_STREAMS]
         decoded = [codec.decode(r) for r in recorded]
         created_evaluations = {
             e.evaluation_id for e in decoded if isinstance(e, ev.EvaluationCreated)

@@ -8,15 +8,19 @@ the old rows until it commits) while a verify compares them with the live rows.
 
 from __future__ import annotations
 
+import getpass
+import socket
+import uuid
 from collections.abc import Callable
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from infrastructure.clock import utc_now
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.store_tables import READ_MODEL_TABLES
-from infrastructure.eventstore import EventStore
+from infrastructure.eventstore import EventStore, NewEvent, StreamAppend
 from infrastructure.readmodels import Projector
 
 PAGE = 5000
@@ -59,13 +63,36 @@ async def _fold_into_scratch(
 
 async def _catch_up(
     store: EventStore, conn: AsyncConnection, projector: Projector, position: int
-) -> None:
+) -> int:
+    """Fold what was appended since `position`; returns the last position folded."""
     while True:
         page = await store.read_all(after_position=position, limit=PAGE)
         if not page:
-            return
+            return position
         await projector(conn, page)
         position = page[-1].position
+
+
+def _rebuilt_event(through_position: int) -> StreamAppend:
+    """The rebuild itself, recorded for auditors; servers drop their cached views on it."""
+    data = {
+        "through_position": through_position,
+        "tables": [str(t.name) for t in READ_MODEL_TABLES],
+        "host": socket.gethostname(),
+        "os_user": getpass.getuser(),
+    }
+    return StreamAppend(
+        stream_type="operations",
+        stream_id=str(uuid.uuid4()),
+        expected_version=0,
+        events=[
+            NewEvent(
+                event_id=str(uuid.uuid4()),
+                event_type="read_models.rebuilt",
+                data=msgspec.json.encode(data).decode(),
+            )
+        ],
+    )
 
 
 async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> list[Difference]:
@@ -80,8 +107,9 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
         projector = Projector(evaluation_scratch, item_scratch)
         position = await _fold_into_scratch(store, projector, progress)
         differences: list[Difference] = []
+        recorded = []
         async with store.append_transaction() as conn:
-            await _catch_up(store, conn, projector, position)
+            through = await _catch_up(store, conn, projector, position)
             for live, rebuilt in pairs:
                 if swap:
                     await conn.execute(live.delete())
@@ -90,6 +118,9 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
                     )
                 else:
                     differences += await _compare(conn, live, rebuilt)
+            if swap:
+                recorded = await store.insert(conn, [(_rebuilt_event(through), utc_now())])
+        store.committed(recorded)
         return differences
     finally:
         async with write_transaction(store.engine) as conn:

@@ -47,6 +47,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # OpenAI-compatible endpoint of the `openai` agent when the evaluation names no runtime.
     openai_base_url: str | None = None
     default_max_steps: int = 30
+    # Seconds a server keeps an evaluation view in memory. Its own writes and (within
+    # view_tail_seconds) every other process's appends evict it sooner; 0 turns caching off.
+    view_cache_seconds: float = 5.0
+    view_tail_seconds: float = 0.2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -77,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("sandbox_root", str),
             ("openai_base_url", str),
             ("default_max_steps", int),
+            ("view_cache_seconds", float),
+            ("view_tail_seconds", float),
         ):
             raw = get(field.upper())
             if raw is not None:

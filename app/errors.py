@@ -93,7 +93,8 @@ def _respond(request: Request[Any, Any, Any], error: ApiError) -> Response[Error
         errors=error.errors,
         request_id=request_id,
     )
-    # Failures raised outside the request-id middleware (rate limit, routing) still echo it.
+    # Failures answered outside the request middleware (rate limit, routing, its own checks)
+    # still echo the id; the middleware adds it only where it is missing.
     headers = {**error.headers, "x-request-id": request_id}
     return Response(body, status_code=error.status, headers=headers)
 

@@ -22,7 +22,7 @@ from app.auth import raw_key_of
 from app.container import Container
 from app.errors import handle_exception
 from app.logging import configure_logging
-from app.middleware import check_client_version, check_json_body, request_id_middleware
+from app.middleware import request_middleware
 from infrastructure.settings import Settings
 
 ROUTES: list[ControllerRouterHandler] = [EvaluationController, ScopeController, health, ready]
@@ -58,10 +58,6 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 await pool.stop()
             await built.close()
 
-    async def before_request(request: Request[Any, Any, Any]) -> None:
-        check_client_version(request, settings.min_client_version)
-        check_json_body(request)
-
     middleware: list[Any] = []
     if settings.rate_limit > 0:
         middleware.append(
@@ -75,8 +71,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
-        before_request=before_request,
-        middleware=[request_id_middleware, *middleware],
+        middleware=[request_middleware(settings.min_client_version), *middleware],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -1,14 +1,14 @@
-"""Request-scoped concerns that apply before routing: request ids and the client floor."""
+"""What every request goes through first, on the raw ASGI scope (cheap: one header scan):
+a request id (bound to the log context and echoed), the client version floor, and the rule
+that a request with a body sends JSON."""
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
-from typing import Any
+from collections.abc import Callable
 
 import structlog
-from litestar import Request
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,33 +16,8 @@ from app.errors import ApiError
 
 _SDK_AGENT = re.compile(r"dreadnode-sdk/(\d+(?:\.\d+)*)")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Give every request an id (the caller's X-Request-ID when sane), log it, echo it."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        supplied = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None
-        )
-        request_id = supplied if supplied and _REQUEST_ID.match(supplied) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableScopeHeaders(message)["x-request-id"] = request_id
-            await send(message)
-
-        try:
-            await app(scope, receive, send_with_id)
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
-
-    return middleware
+_WANTED = (b"x-request-id", b"user-agent", b"content-type", b"content-length", b"transfer-encoding")
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -55,9 +30,9 @@ def _older_than(version: tuple[int, ...], floor: tuple[int, ...]) -> bool:
     return version + (0,) * (width - len(version)) < floor + (0,) * (width - len(floor))
 
 
-def check_client_version(request: Request[Any, Any, Any], minimum: str) -> None:
+def check_client_version(user_agent: str, minimum: str) -> None:
     """Refuse a `dreadnode-sdk/<v>` older than the floor; other user agents pass."""
-    match = _SDK_AGENT.search(request.headers.get("user-agent", ""))
+    match = _SDK_AGENT.search(user_agent)
     if match and _older_than(version_tuple(match[1]), version_tuple(minimum)):
         raise ApiError(
             426,
@@ -66,14 +41,48 @@ def check_client_version(request: Request[Any, Any, Any], minimum: str) -> None:
         )
 
 
-def check_json_body(request: Request[Any, Any, Any]) -> None:
+def check_json_body(method: str, headers: dict[bytes, str]) -> None:
     """A request that sends a body must say it is JSON."""
-    if request.method not in ("POST", "PUT", "PATCH"):
+    if method not in _WITH_BODY:
         return
-    length = request.headers.get("content-length")
-    has_body = (length is not None and length != "0") or "transfer-encoding" in request.headers
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    length = headers.get(b"content-length")
+    has_body = (length is not None and length != "0") or b"transfer-encoding" in headers
+    content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()
     if has_body and content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(
             415, f"request body must be application/json, not {content_type or 'unspecified'!r}"
         )
+
+
+def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+            supplied = headers.get(b"x-request-id")
+            request_id = (
+                supplied if supplied and _REQUEST_ID.match(supplied) else os.urandom(16).hex()
+            )
+            scope.setdefault("state", {})["request_id"] = request_id
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+            echoed = (b"x-request-id", request_id.encode())
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    present = message.get("headers", ())
+                    if not any(name.lower() == b"x-request-id" for name, _ in present):
+                        message["headers"] = [*present, echoed]
+                await send(message)
+
+            try:
+                check_client_version(headers.get(b"user-agent", ""), min_client_version)
+                check_json_body(scope["method"], headers)
+                await app(scope, receive, send_with_id)
+            finally:
+                structlog.contextvars.unbind_contextvars("request_id")
+
+        return middleware
+
+    return factory

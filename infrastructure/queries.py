@@ -74,13 +74,14 @@ class ReadModelQueries:
         cached = self.cache.get(evaluation_id)
         if cached is not None:
             return cached
-        started = self.cache.generation()
-        async with self.engine.connect() as conn:
-            doc = (await conn.execute(_EVALUATION_BY_ID, {"id": evaluation_id})).scalar()
-        if doc is None:
-            return None
-        view = decode_evaluation(doc)
-        self.cache.put(view, started)
+        started = self.cache.begin_read()
+        view: EvaluationView | None = None
+        try:
+            async with self.engine.connect() as conn:
+                doc = (await conn.execute(_EVALUATION_BY_ID, {"id": evaluation_id})).scalar()
+            view = decode_evaluation(doc) if doc is not None else None
+        finally:
+            self.cache.end_read(started, view)
         return view
 
     async def resolve_evaluation_id(self, workspace_id: str, raw: str) -> str | None:

@@ -22,6 +22,7 @@ from infrastructure.db.engine import write_transaction
 from infrastructure.db.store_tables import READ_MODEL_TABLES
 from infrastructure.eventstore import EventStore, NewEvent, StreamAppend
 from infrastructure.readmodels import Projector
+from infrastructure.view_cache import REBUILT_EVENT
 
 PAGE = 5000
 Progress = Callable[[int, int], None]
@@ -88,7 +89,7 @@ def _rebuilt_event(through_position: int) -> StreamAppend:
         events=[
             NewEvent(
                 event_id=str(uuid.uuid4()),
-                event_type="read_models.rebuilt",
+                event_type=REBUILT_EVENT,
                 data=msgspec.json.encode(data).decode(),
             )
         ],

@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable, Iterable
 import msgspec
 
 from domain.projections import EvaluationView
-from infrastructure.codec import DOMAIN_STREAMS
 from infrastructure.eventstore import RecordedEvent
 
 MAX_ENTRIES = 10_000
+# Recorded by `infrastructure.rebuild`; every server drops its cached views on it.
+REBUILT_EVENT = "read_models.rebuilt"
 ReadAfter = Callable[[int], Awaitable[list[RecordedEvent]]]
 
 
@@ -39,7 +40,7 @@ def evaluation_ids(recorded: Iterable[RecordedEvent]) -> set[str]:
     for record in recorded:
         if record.stream_type == "evaluation":
             found.add(record.stream_id)
-        else:
+        elif record.stream_type == "item":
             found.add(_ref_decoder.decode(record.data).evaluation_id)
     return found
 
@@ -48,9 +49,11 @@ class ViewCache:
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl_seconds = ttl_seconds
         self._entries: dict[str, tuple[float, EvaluationView]] = {}
+        # Only while reads are in flight does an invalidation need remembering.
+        self._reads_in_flight = 0
         self._invalidated_at: dict[str, int] = {}
         self._generation = 0
-        # Puts from reads that started before this generation are refused (after a reset).
+        # Reads that started before this generation may not store their result (after clear).
         self._floor = 0
 
     @property
@@ -69,22 +72,34 @@ class ViewCache:
             return None
         return entry[1]
 
-    def put(self, view: EvaluationView, read_started: int) -> None:
-        if not self.enabled or read_started < self._floor:
-            return
-        if self._invalidated_at.get(view.id, -1) > read_started:
-            return  # an event committed while this read was in flight
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[view.id] = (time.monotonic() + self.ttl_seconds, view)
+    def begin_read(self) -> int:
+        """Call before reading a view from the database; pass the result to `end_read`."""
+        self._reads_in_flight += 1
+        return self._generation
+
+    def end_read(self, started: int, view: EvaluationView | None) -> None:
+        self._reads_in_flight -= 1
+        if view is not None and self._fresh(view.id, started):
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[view.id] = (time.monotonic() + self.ttl_seconds, view)
+        if self._reads_in_flight == 0:
+            self._invalidated_at.clear()
+
+    def _fresh(self, evaluation_id: str, started: int) -> bool:
+        # A read that raced an invalidation of its id (or a clear) never stores its result.
+        return (
+            self.enabled
+            and started >= self._floor
+            and self._invalidated_at.get(evaluation_id, -1) <= started
+        )
 
     def forget(self, ids: Iterable[str]) -> None:
         self._generation += 1
         for evaluation_id in ids:
             self._entries.pop(evaluation_id, None)
-            self._invalidated_at[evaluation_id] = self._generation
-        if len(self._invalidated_at) > MAX_ENTRIES:
-            self.clear()
+            if self._reads_in_flight:
+                self._invalidated_at[evaluation_id] = self._generation
 
     def clear(self) -> None:
         """Forget everything, and refuse results of reads already in flight."""
@@ -94,10 +109,9 @@ class ViewCache:
         self._floor = self._generation
 
     def forget_recorded(self, recorded: list[RecordedEvent]) -> None:
-        if any(r.stream_type not in DOMAIN_STREAMS for r in recorded):
-            self.clear()  # an operator event (a rebuild): every read model may have changed
-        else:
-            self.forget(evaluation_ids(recorded))
+        if any(r.event_type == REBUILT_EVENT for r in recorded):
+            self.clear()  # a rebuild may have changed every read model
+        self.forget(evaluation_ids(recorded))
 
 
 class LogTail:

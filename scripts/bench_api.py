@@ -455,9 +455,13 @@ def assay_cli(*args: str, env: dict[str, str]) -> str:
 
 
 def filler_rows(count: int, template: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-    """`count` valid events of other streams: each its own item stream at version 1."""
+    """`count` valid events of other streams: each its own item stream at version 1, of
+    another evaluation than the one the GETs read (history that is not that evaluation's)."""
     base = uuid.uuid4().int >> 64 << 64  # sequential ids under a random prefix: cheap to index
     recorded_at = now_iso()
+    data = json.loads(template["data"])
+    data["evaluation_id"] = str(uuid.uuid4())
+    template = {**template, "data": json.dumps(data)}
     for i in range(count):
         ident = str(uuid.UUID(int=base | i))
         yield (
@@ -927,6 +931,11 @@ def run_backend(
             backend, service_db, args.large_events - backend.count_events(service_db), filler, notes
         )
         large = backend.count_events(service_db)
+    # A server started over the whole history, as a service with that much history would be
+    # (the filler went straight into the table, not through a server's append path).
+    with Server(
+        f"{name}-assay-large", "app.main:create_app", service_env, backend.workdir
+    ) as server:
         progress(f"[{name}] GET evaluation at {large:,} events (assay)")
         get_large = runner.measure(server, get_request, 200, "get-large")
 

@@ -14,7 +14,7 @@ from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore, RecordedEvent
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import Projector
-from infrastructure.view_cache import ViewCache
+from infrastructure.view_cache import REBUILT_EVENT, ViewCache
 from tests.app.conftest import Api
 
 
@@ -91,14 +91,14 @@ def _view(evaluation_id: str) -> EvaluationView:
     )
 
 
-def _recorded(stream_type: str, stream_id: str, data: str) -> RecordedEvent:
+def _recorded(stream_type: str, stream_id: str, data: str, kind: str = "x") -> RecordedEvent:
     return RecordedEvent(
         position=1,
         event_id="e",
         stream_type=stream_type,
         stream_id=stream_id,
         stream_version=1,
-        event_type="x",
+        event_type=kind,
         schema_version=1,
         data=data,
         metadata="{}",
@@ -108,35 +108,37 @@ def _recorded(stream_type: str, stream_id: str, data: str) -> RecordedEvent:
 
 def test_a_read_that_raced_an_invalidation_is_not_cached() -> None:
     cache = ViewCache(ttl_seconds=60)
-    started = cache.generation()
+    started = cache.begin_read()
     cache.forget(["a"])  # an event of "a" committed while the read was in flight
-    cache.put(_view("a"), started)
+    cache.end_read(started, _view("a"))
     assert cache.get("a") is None
-    cache.put(_view("a"), cache.generation())
+    cache.end_read(cache.begin_read(), _view("a"))
     assert cache.get("a") is not None
 
 
 def test_item_events_evict_their_evaluation_and_operator_events_evict_everything() -> None:
     cache = ViewCache(ttl_seconds=60)
-    cache.put(_view("a"), cache.generation())
-    cache.put(_view("b"), cache.generation())
+    cache.end_read(cache.begin_read(), _view("a"))
+    cache.end_read(cache.begin_read(), _view("b"))
     cache.forget_recorded([_recorded("item", "i1", '{"evaluation_id": "a", "item_id": "i1"}')])
     assert cache.get("a") is None and cache.get("b") is not None
-    cache.forget_recorded([_recorded("operations", "r1", '{"through_position": 1}')])
+    cache.forget_recorded([_recorded("other", "x", "{}")])  # not an evaluation's stream
+    assert cache.get("b") is not None
+    cache.forget_recorded([_recorded("operations", "r1", '{"through_position": 1}', REBUILT_EVENT)])
     assert cache.get("b") is None
 
 
 def test_a_zero_ttl_turns_caching_off() -> None:
     cache = ViewCache(ttl_seconds=0)
-    cache.put(_view("a"), cache.generation())
+    cache.end_read(cache.begin_read(), _view("a"))
     assert cache.get("a") is None
 
 
 def test_after_a_clear_only_reads_started_before_it_are_refused() -> None:
     cache = ViewCache(ttl_seconds=60)
-    before = cache.generation()
+    before = cache.begin_read()
     cache.clear()
-    cache.put(_view("a"), before)
+    cache.end_read(before, _view("a"))
     assert cache.get("a") is None
-    cache.put(_view("a"), cache.generation())
+    cache.end_read(cache.begin_read(), _view("a"))
     assert cache.get("a") is not None

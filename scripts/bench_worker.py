@@ -1,0 +1,502 @@
+"""Benchmark the execution engine: items/s and the service's own overhead per item.
+
+    .venv/bin/python scripts/bench_worker.py [--backend sqlite|postgresql|both] [--items N]
+        [--quick] [--concurrency 1,8,32] [--profile C] [--keep]
+
+For each backend and each concurrency C it creates one evaluation of N items (default 1,000;
+--quick: 100) of a trivial task (flag verification, no setup) with the `nop` agent, and runs
+it with an in-process WorkerPool of C slots (what `assay worker --slots C` runs), on a freshly
+migrated database. Every figure comes from the event log of that evaluation:
+
+- wall: first item.claimed to last terminal event (recorded_at);
+- items/s = N / wall;
+- item latency: item.claimed -> its terminal event, p50 and p99;
+- overhead ms/item = (wall x C - time inside agent and checker) / N, i.e. slot time per item
+  spent by the engine. Two readings of "inside agent and checker":
+    * events: item.agent_started -> item.agent_finished plus item.verifying -> item.verdict
+      (recorded_at spans; they also hold the commit of the first event of each span);
+    * strict: the agent's own agent_result.duration_ms (the flag check is an in-process string
+      comparison, nothing to subtract);
+- CPU ms/item: CPU time of this process (engine and the 10 Hz completion poll) per item;
+- mean in flight: the time-averaged number of items between claim and end (Little's law);
+- the mean time between consecutive events of an item, per transition, and between claims;
+- group commits (appends per commit, ms per commit, share of the run the one drain task
+  spent committing) and claim rounds (claims per round, ms per round), counted by wrapping
+  those two methods of the run's own instances.
+
+Target: overhead < 20 ms/item at C=32. `--profile C` runs concurrency C under cProfile and
+prints where the time goes. PostgreSQL: ASSAY_BENCH_PG_URL (default
+postgresql://postgres@127.0.0.1:5432/postgres); the script creates an assay_bench_worker_*
+database and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import itertools
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import msgspec  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+
+from app.api.schemas import CreateEvaluationRequest  # noqa: E402
+from app.container import Container  # noqa: E402
+from app.logging import configure_logging  # noqa: E402
+from app.services.evaluations import CommandContext  # noqa: E402
+from app.worker.pool import WorkerPool  # noqa: E402
+from domain.evaluation import TERMINAL_STATUSES  # noqa: E402
+from infrastructure.db.migrate import upgrade  # noqa: E402
+from infrastructure.identity.bootstrap import bootstrap  # noqa: E402
+from infrastructure.settings import Settings  # noqa: E402
+
+TARGET_MS = 20.0
+TARGET_CONCURRENCY = 32
+TASK = "bench-nop"
+FLAG = "FLAG{bench}"
+TERMINAL_TYPES = frozenset({"item.verdict", "item.timed_out", "item.cancelled", "item.errored"})
+PHASES = [
+    ("item.claimed", "item.provisioning", "claim -> provisioning (job setup)"),
+    ("item.provisioning", "item.agent_started", "provisioning -> agent_started (sandbox)"),
+    ("item.agent_started", "item.agent_finished", "agent_started -> agent_finished (agent)"),
+    ("item.agent_finished", "item.verifying", "agent_finished -> verifying"),
+    ("item.verifying", "item.verdict", "verifying -> verdict (checker)"),
+]
+
+
+def progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+@dataclass
+class ItemTimes:
+    first: dict[str, float] = field(default_factory=dict)
+    claims: int = 0
+    terminal: float | None = None
+    agent_ms: float = 0.0
+
+
+@dataclass
+class Result:
+    backend: str
+    concurrency: int
+    items: int
+    wall: float
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    overhead_events_ms: float
+    overhead_strict_ms: float
+    cpu_ms: float
+    events: int
+    phases: dict[str, float]
+    claim_gap_ms: float
+    statuses: dict[str, int]
+    retries: int
+    mean_in_flight: float = 0.0
+    probes: dict[str, float] = field(default_factory=dict)
+
+
+def analyse(backend: str, concurrency: int, records: Iterable[Any], cpu_seconds: float) -> Result:
+    items: dict[str, ItemTimes] = {}
+    claims: list[float] = []
+    count = 0
+    statuses: dict[str, int] = {}
+    retries = 0
+    for record in records:
+        if record.stream_type != "item":
+            continue
+        count += 1
+        kind, at = record.event_type, ts(record.recorded_at)
+        times = items.setdefault(record.stream_id, ItemTimes())
+        times.first.setdefault(kind, at)
+        data = msgspec.json.decode(record.data)
+        if kind == "item.claimed":
+            times.claims += 1
+            claims.append(at)
+        elif kind == "item.agent_finished":
+            times.agent_ms += float(data.get("agent_result", {}).get("duration_ms") or 0.0)
+        elif kind == "item.infra_failed" and data["will_retry"]:
+            retries += 1
+        if kind in TERMINAL_TYPES or (kind == "item.infra_failed" and not data["will_retry"]):
+            times.terminal = at
+            outcome = ("passed" if data["passed"] else "failed") if kind == "item.verdict" else kind
+            statuses[outcome] = statuses.get(outcome, 0) + 1
+    ended = [t for t in items.values() if t.terminal is not None and "item.claimed" in t.first]
+    n = len(ended)
+    start = min(t.first["item.claimed"] for t in ended)
+    end = max(t.terminal for t in ended if t.terminal is not None)
+    wall = end - start
+    latencies = [
+        ((t.terminal or 0.0) - t.first["item.claimed"]) * 1000 for t in ended if t.terminal
+    ]
+
+    def span(t: ItemTimes, a: str, b: str) -> float:
+        return (t.first[b] - t.first[a]) * 1000 if a in t.first and b in t.first else 0.0
+
+    inside_events = sum(
+        span(t, "item.agent_started", "item.agent_finished")
+        + span(t, "item.verifying", "item.verdict")
+        for t in ended
+    )
+    inside_strict = sum(t.agent_ms for t in ended)
+    slot_ms = wall * 1000 * concurrency
+    phases = {
+        label: statistics.fmean([span(t, a, b) for t in ended if a in t.first and b in t.first])
+        for a, b, label in PHASES
+    }
+    claims.sort()
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(claims)]
+    return Result(
+        backend=backend,
+        concurrency=concurrency,
+        items=n,
+        wall=wall,
+        rate=n / wall if wall > 0 else float("inf"),
+        p50_ms=percentile(latencies, 0.5),
+        p99_ms=percentile(latencies, 0.99),
+        overhead_events_ms=(slot_ms - inside_events) / n,
+        overhead_strict_ms=(slot_ms - inside_strict) / n,
+        cpu_ms=cpu_seconds * 1000 / n,
+        events=count,
+        phases=phases,
+        claim_gap_ms=statistics.fmean(gaps) if gaps else 0.0,
+        statuses=statuses,
+        retries=retries,
+        # Little's law: the time-averaged number of items between claim and end.
+        mean_in_flight=sum(latencies) / 1000 / wall if wall > 0 else 0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One backend
+# --------------------------------------------------------------------------------------------
+
+
+class PgDatabase:
+    def __init__(self) -> None:
+        self.admin = os.environ.get(
+            "ASSAY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+        self.name = f"assay_bench_worker_{uuid.uuid4().hex[:8]}"
+
+    @property
+    def url(self) -> str:
+        base = self.admin.rsplit("/", 1)[0].split("://", 1)[1]
+        return f"postgresql+asyncpg://{base}/{self.name}"
+
+    async def _exec(self, sql: str) -> None:
+        conn = await asyncpg.connect(self.admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def create(self) -> None:
+        await self._exec(f'CREATE DATABASE "{self.name}"')
+
+    async def drop(self) -> None:
+        await self._exec(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def write_task(root: Path) -> Path:
+    bundle = root / "tasks" / TASK
+    bundle.mkdir(parents=True)
+    (bundle / "task.yaml").write_text(
+        f"name: {TASK}\n"
+        'version: "1.0.0"\n'
+        "instruction: Submit the flag.\n"
+        f'verification:\n  type: flag\n  flag: "{FLAG}"\n'
+    )
+    return bundle.parent
+
+
+class Probes:
+    """Counts what the engine does, by wrapping two methods of this run's instances (the
+    product code is untouched): the event store's group commits and the pool's claim rounds."""
+
+    def __init__(self, container: Container, pool: WorkerPool) -> None:
+        self.batches = self.units = self.events = 0
+        self.rounds = self.claims = 0
+        self.round_seconds = self.commit_seconds = 0.0
+        self.started = time.perf_counter()
+        store = container.store
+        commit, claim_round = store._commit, pool._claim_round
+
+        async def counted_commit(batch: list[Any]) -> None:
+            self.batches += 1
+            self.units += len(batch)
+            self.events += sum(len(a.events) for u in batch for a in u.appends)
+            started = time.perf_counter()
+            try:
+                await commit(batch)
+            finally:
+                self.commit_seconds += time.perf_counter() - started
+
+        async def timed_round() -> int:
+            started = time.perf_counter()
+            claimed: int = await claim_round()
+            self.round_seconds += time.perf_counter() - started
+            self.rounds += 1
+            self.claims += claimed
+            return claimed
+
+        store._commit = counted_commit  # type: ignore[method-assign]
+        pool._claim_round = timed_round  # type: ignore[method-assign]
+        self._store, self._commit = store, commit
+
+    def close(self) -> dict[str, float]:
+        self._store._commit = self._commit  # type: ignore[method-assign]
+        elapsed = time.perf_counter() - self.started
+        return {
+            "commits": self.batches,
+            "appends/commit": self.units / max(1, self.batches),
+            "ms/commit": self.commit_seconds * 1000 / max(1, self.batches),
+            "drain busy %": 100 * self.commit_seconds / elapsed,
+            "claim rounds": self.rounds,
+            "claims/round": self.claims / max(1, self.rounds),
+            "ms/claim round": self.round_seconds * 1000 / max(1, self.rounds),
+        }
+
+
+async def run_one(
+    container: Container,
+    ctx: CommandContext,
+    backend: str,
+    concurrency: int,
+    count: int,
+    profiler: cProfile.Profile | None = None,
+) -> Result:
+    pool = container.worker_pool(concurrency)
+    await pool.start()
+    probes: Probes | None = None
+    try:
+        before = await container.store.last_position()
+        view = await container.evaluations.create(
+            ctx,
+            CreateEvaluationRequest(
+                name=f"bench-c{concurrency}",
+                model="bench",
+                agent_type="nop",
+                task_names=[TASK] * count,
+                concurrency=concurrency,
+            ),
+        )
+        probes = Probes(container, pool)
+        cpu0 = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        pool.wake()
+        while True:
+            current = await container.queries.evaluation(view.id)
+            assert current is not None
+            if current.status in TERMINAL_STATUSES:
+                break
+            await asyncio.sleep(0.1)
+        if profiler is not None:
+            profiler.disable()
+        cpu = time.process_time() - cpu0
+    finally:
+        await pool.stop()
+        counted = probes.close() if probes is not None else {}
+    records: list[Any] = []
+    after = before
+    while True:
+        page = await container.store.read_all(after_position=after, limit=5000)
+        if not page:
+            break
+        records.extend(page)
+        after = page[-1].position
+    result = analyse(backend, concurrency, records, cpu)
+    result.probes = counted
+    return result
+
+
+async def bench_backend(
+    backend: str, args: argparse.Namespace, workdir: Path
+) -> tuple[list[Result], str | None]:
+    pg: PgDatabase | None = None
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    else:
+        pg = PgDatabase()
+        await pg.create()
+        url = pg.url
+    profile_text: str | None = None
+    try:
+        await upgrade(url)
+        settings = Settings(
+            database_url=url,
+            workers=0,
+            rate_limit=0,
+            secret_key=Fernet.generate_key().decode(),
+            task_paths=(str(write_task(workdir)),),
+            sandbox_root=str(workdir / "sandboxes"),
+            log_level="WARNING",
+        )
+        container = Container.build(settings)
+        try:
+            boot = await bootstrap(
+                container.identity, org_key="bench", workspace_key="main", email="b@x.y"
+            )
+            principal = await container.identity.authenticate(boot.raw_key)
+            assert principal is not None
+            ctx = CommandContext(
+                principal=principal, org_id=boot.org.id, workspace_id=boot.workspace.id
+            )
+            progress(f"{backend}: warm-up (20 items, concurrency 4)")
+            await run_one(container, ctx, backend, 4, 20)
+            results = []
+            for concurrency in args.concurrency:
+                profiler = cProfile.Profile() if concurrency == args.profile else None
+                progress(f"{backend}: {args.items} items at concurrency {concurrency}")
+                result = await run_one(container, ctx, backend, concurrency, args.items, profiler)
+                results.append(result)
+                progress(
+                    f"{backend} c={concurrency}: {result.rate:.1f} items/s, "
+                    f"overhead {result.overhead_events_ms:.1f} ms/item"
+                )
+                if profiler is not None:
+                    profile_text = profile_report(profiler, backend, concurrency)
+        finally:
+            await container.close()
+    finally:
+        if pg is not None:
+            await pg.drop()
+    return results, profile_text
+
+
+def profile_report(profiler: cProfile.Profile, backend: str, concurrency: int) -> str:
+    out = io.StringIO()
+    out.write(f"\n### cProfile, {backend}, concurrency {concurrency}\n")
+    stats = pstats.Stats(profiler, stream=out)
+    stats.strip_dirs()
+    out.write("\nby own time (tottime):\n")
+    stats.sort_stats("tottime").print_stats(25)
+    out.write("\nby cumulative time:\n")
+    stats.sort_stats("cumulative").print_stats(40)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def print_results(results: list[Result], args: argparse.Namespace) -> None:
+    print(
+        f"\n## Worker engine, {args.items} items per run, nop agent, flag task "
+        f"(python {platform.python_version()}, {os.cpu_count()} cores)\n"
+    )
+    print(
+        "| backend | concurrency | items/s | p50 item latency | overhead ms/item "
+        f"| target (<{TARGET_MS:.0f} ms at c={TARGET_CONCURRENCY}) | overhead strict "
+        "| p99 latency | CPU ms/item | mean in flight |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if r.concurrency == TARGET_CONCURRENCY:
+            verdict = "met" if r.overhead_events_ms < TARGET_MS else "MISSED"
+        else:
+            verdict = "n/a"
+        print(
+            f"| {r.backend} | {r.concurrency} | {r.rate:.1f} | {r.p50_ms:.1f} ms "
+            f"| {r.overhead_events_ms:.1f} | {verdict} | {r.overhead_strict_ms:.1f} "
+            f"| {r.p99_ms:.1f} ms | {r.cpu_ms:.1f} | {r.mean_in_flight:.1f} |"
+        )
+    print("\nMean time between an item's events (ms), and between consecutive claims:\n")
+    labels = [label for _, _, label in PHASES]
+    print("| backend | c | " + " | ".join(labels) + " | claim -> next claim |")
+    print("|---|---|" + "---|" * (len(labels) + 1))
+    for r in results:
+        cells = " | ".join(f"{r.phases[label]:.1f}" for label in labels)
+        print(f"| {r.backend} | {r.concurrency} | {cells} | {r.claim_gap_ms:.2f} |")
+    print("\nGroup commits and claim rounds during the run:\n")
+    keys = list(results[0].probes) if results else []
+    print("| backend | c | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for r in results:
+        cells = " | ".join(f"{r.probes.get(k, 0):.1f}" for k in keys)
+        print(f"| {r.backend} | {r.concurrency} | {cells} |")
+    print("\nOutcomes (nop must fail every item):")
+    for r in results:
+        print(
+            f"  {r.backend} c={r.concurrency}: {r.statuses}, infra retries {r.retries}, "
+            f"{r.events / max(1, r.items):.1f} item events/item, wall {r.wall:.2f}s"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--items", type=int, default=None, help="items per run (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="100 items per run")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda raw: [int(x) for x in raw.split(",")],
+        default=[1, 8, TARGET_CONCURRENCY],
+        help="comma-separated (default 1,8,32)",
+    )
+    parser.add_argument(
+        "--profile", type=int, default=None, help="run this concurrency under cProfile"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.items is None:
+        args.items = 100 if args.quick else 1000
+    configure_logging("WARNING", json=True)
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    workdir = Path(tempfile.mkdtemp(prefix="assay-bench-worker-"))
+    results: list[Result] = []
+    profiles: list[str] = []
+    try:
+        for backend in backends:
+            folder = workdir / backend
+            folder.mkdir()
+            found, profile_text = asyncio.run(bench_backend(backend, args, folder))
+            results.extend(found)
+            if profile_text:
+                profiles.append(profile_text)
+    finally:
+        if args.keep:
+            progress(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_results(results, args)
+    for text in profiles:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

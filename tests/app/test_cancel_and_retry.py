@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 from domain import item as it
-from infrastructure import codec
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.bootstrap import bootstrap
-from infrastructure.readmodels import Projector
 from tests.app.conftest import Api, run_identity
+from tests.app.simulated_worker import claim, run_to_verdict, worker_moves
 
 
 def assert_envelope(response: Any, status: int, type_: str) -> dict[str, Any]:
@@ -45,54 +43,6 @@ def last_position(url: str) -> int:
             await engine.dispose()
 
     return asyncio.run(main())
-
-
-def worker_moves(url: str, evaluation_id: str, item_id: str, *events: it.ItemEvent) -> None:
-    """Append item events the way a worker would (no worker exists in this build's tests)."""
-
-    async def main() -> None:
-        engine = create_engine(url)
-        store = EventStore(engine, in_transaction=Projector())
-        try:
-            version = len(await store.read_stream("item", item_id))
-            await store.append(
-                codec.to_appends(list(events), {("item", item_id): version}, codec.EventMetadata()),
-                recorded_at=datetime.now(UTC).isoformat(timespec="microseconds"),
-            )
-        finally:
-            await store.close()
-            await engine.dispose()
-
-    asyncio.run(main())
-
-
-def claim(url: str, evaluation_id: str, item_id: str) -> None:
-    worker_moves(
-        url,
-        evaluation_id,
-        item_id,
-        it.ItemClaimed(
-            item_id=item_id,
-            evaluation_id=evaluation_id,
-            worker_id="w-1",
-            lease_expires_at="2099-01-01T00:00:00.000000+00:00",
-        ),
-    )
-
-
-def run_to_verdict(url: str, evaluation_id: str, item_id: str, passed: bool) -> None:
-    ids = {"item_id": item_id, "evaluation_id": evaluation_id}
-    worker_moves(
-        url,
-        evaluation_id,
-        item_id,
-        it.ItemClaimed(**ids, worker_id="w-1", lease_expires_at="2099-01-01T00:00:00+00:00"),
-        it.ItemProvisioning(**ids),
-        it.ItemAgentStarted(**ids, session_id="s-1"),
-        it.ItemAgentFinished(**ids),
-        it.ItemVerifying(**ids),
-        it.ItemVerdict(**ids, passed=passed),
-    )
 
 
 def user_api(api: Api, email: str, role: str, *, workspace_scoped: str | None = None) -> Api:
@@ -167,7 +117,7 @@ def test_second_cancel_is_409_conflict_and_appends_nothing(api: Api) -> None:
 def test_cancel_of_a_running_evaluation_cancels_in_flight_items_too(api: Api) -> None:
     evaluation = created(api, task_names=["find-the-flag", "decode-payload"])
     first = items_of(api, evaluation["id"])[0]
-    claim(api.settings.database_url, evaluation["id"], first["id"])
+    claim(api, evaluation["id"], first["id"])
     assert api.get(f"/evaluation/{evaluation['id']}").json()["status"] == "running"
 
     body = api.post(f"/evaluation/{evaluation['id']}/cancel").json()
@@ -183,7 +133,7 @@ def test_cancel_of_a_running_evaluation_cancels_in_flight_items_too(api: Api) ->
 def test_cancel_of_a_completed_evaluation_is_409(api: Api) -> None:
     evaluation = created(api)
     item = items_of(api, evaluation["id"])[0]
-    run_to_verdict(api.settings.database_url, evaluation["id"], item["id"], passed=True)
+    run_to_verdict(api, evaluation["id"], item["id"], passed=True)
     assert api.get(f"/evaluation/{evaluation['id']}").json()["status"] == "completed"
 
     assert_envelope(api.post(f"/evaluation/{evaluation['id']}/cancel"), 409, "conflict")
@@ -219,7 +169,7 @@ def test_retry_failed_on_a_queued_or_running_evaluation_is_409(api: Api) -> None
     assert last_position(api.settings.database_url) == before
 
     running = created(api, task_names=["find-the-flag", "decode-payload"])
-    claim(api.settings.database_url, running["id"], items_of(api, running["id"])[0]["id"])
+    claim(api, running["id"], items_of(api, running["id"])[0]["id"])
     assert api.get(f"/evaluation/{running['id']}").json()["status"] == "running"
     assert_envelope(api.post(f"/evaluation/{running['id']}/retry-failed"), 409, "conflict")
 
@@ -235,13 +185,12 @@ def test_retry_failed_after_a_retry_is_409_until_it_finishes_again(api: Api) -> 
 
 
 def test_retry_failed_requeues_only_failed_items_of_a_partial_evaluation(api: Api) -> None:
-    url = api.settings.database_url
     evaluation = created(api, task_names=["find-the-flag", "decode-payload", "path-traversal"])
     passed, failed, timed_out = items_of(api, evaluation["id"])
-    run_to_verdict(url, evaluation["id"], passed["id"], passed=True)
-    run_to_verdict(url, evaluation["id"], failed["id"], passed=False)
+    run_to_verdict(api, evaluation["id"], passed["id"], passed=True)
+    run_to_verdict(api, evaluation["id"], failed["id"], passed=False)
     worker_moves(
-        url,
+        api,
         evaluation["id"],
         timed_out["id"],
         it.ItemTimedOut(item_id=timed_out["id"], evaluation_id=evaluation["id"], error="deadline"),
@@ -265,7 +214,7 @@ def test_retry_failed_requeues_only_failed_items_of_a_partial_evaluation(api: Ap
 def test_retry_failed_with_nothing_to_retry_is_409(api: Api) -> None:
     evaluation = created(api)
     item = items_of(api, evaluation["id"])[0]
-    run_to_verdict(api.settings.database_url, evaluation["id"], item["id"], passed=True)
+    run_to_verdict(api, evaluation["id"], item["id"], passed=True)
 
     assert_envelope(api.post(f"/evaluation/{evaluation['id']}/retry-failed"), 409, "conflict")
 

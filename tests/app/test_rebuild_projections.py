@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,49 +18,13 @@ from click.testing import CliRunner, Result
 
 from app.cli import main
 from domain import item as it
-from infrastructure import codec
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
-from infrastructure.readmodels import Projector
 from tests.app.conftest import Api
+from tests.app.simulated_worker import run_to_verdict, worker_moves
 
 
 def projections(url: str, command: str) -> Result:
     return CliRunner().invoke(main, ["projections", command, "--database-url", url])
-
-
-def worker_moves(url: str, evaluation_id: str, item_id: str, *events: it.ItemEvent) -> None:
-    """Append item events the way a worker would."""
-
-    async def run() -> None:
-        engine = create_engine(url)
-        store = EventStore(engine, in_transaction=Projector())
-        try:
-            version = len(await store.read_stream("item", item_id))
-            await store.append(
-                codec.to_appends(list(events), {("item", item_id): version}, codec.EventMetadata()),
-                recorded_at=datetime.now(UTC).isoformat(timespec="microseconds"),
-            )
-        finally:
-            await store.close()
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
-def run_to_verdict(url: str, evaluation_id: str, item_id: str, passed: bool) -> None:
-    ids = {"item_id": item_id, "evaluation_id": evaluation_id}
-    worker_moves(
-        url,
-        evaluation_id,
-        item_id,
-        it.ItemClaimed(**ids, worker_id="w-1", lease_expires_at="2099-01-01T00:00:00+00:00"),
-        it.ItemProvisioning(**ids, sandbox_id="sb-1"),
-        it.ItemAgentStarted(**ids, session_id="sess-1"),
-        it.ItemAgentFinished(**ids, agent_result={"agent": "nop", "total_tokens": 12}),
-        it.ItemVerifying(**ids),
-        it.ItemVerdict(**ids, passed=passed, result={"flag": "x"}),
-    )
 
 
 def raw_sql(url: str, statement: str, **params: Any) -> None:
@@ -107,7 +70,6 @@ def items_of(api: Api, evaluation_id: str) -> list[dict[str, Any]]:
 def populate(api: Api) -> list[str]:
     """Evaluations in every state this build can reach: queued, cancelled, retried, partial,
     completed, running, with dataset variables and a project."""
-    url = api.settings.database_url
     project = api.client.get(f"{api.base}/projects/default", headers=api.headers).json()["id"]
     queued = created(api, name="queued", task_names=["find-the-flag", "decode-payload"])
     cancelled = created(api, name="cancelled", task_names=["path-traversal", "crack-weak-hash"])
@@ -125,9 +87,9 @@ def populate(api: Api) -> list[str]:
     assert api.post(f"/evaluation/{retried['id']}/cancel").status_code == 200
     assert api.post(f"/evaluation/{retried['id']}/retry-failed").status_code == 200
     first, second = items_of(api, partial["id"])
-    run_to_verdict(url, partial["id"], first["id"], passed=True)
+    run_to_verdict(api, partial["id"], first["id"], passed=True)
     worker_moves(
-        url,
+        api,
         partial["id"],
         second["id"],
         it.ItemClaimed(
@@ -144,8 +106,8 @@ def populate(api: Api) -> list[str]:
         ),
     )
     (only,) = items_of(api, completed["id"])
-    run_to_verdict(url, completed["id"], only["id"], passed=False)
-    run_to_verdict(url, running["id"], items_of(api, running["id"])[0]["id"], passed=True)
+    run_to_verdict(api, completed["id"], only["id"], passed=False)
+    run_to_verdict(api, running["id"], items_of(api, running["id"])[0]["id"], passed=True)
 
     statuses = {e["name"]: e["status"] for e in api.get("/evaluations").json()["items"]}
     assert statuses == {

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from app.services.items import ItemHandle, ItemLost, state_of
 from app.worker.runner import ItemJob, ItemRunner
 from domain import evaluation as ev
 from domain import item as it
+from domain.errors import IllegalTransition
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.registry import create_agent
 from infrastructure.clock import iso, utc_now
@@ -147,6 +149,8 @@ class WorkerPool:
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
 
     async def _claim_round(self) -> int:
+        if len(self._running) >= self.slots:
+            return 0
         evaluations = [
             e
             for e in await self.queue.active_evaluations()
@@ -159,32 +163,44 @@ class WorkerPool:
                 e.created_at,
             )
         )
-        claimed = 0
+        free = self.slots - len(self._running)
         now = iso(datetime.now(UTC))
+        candidates: list[tuple[EvaluationView, list[ItemView]]] = []
         for evaluation in evaluations:
-            if len(self._running) >= self.slots:
-                break
-            room = evaluation.config.concurrency - ev.in_flight(evaluation.item_counts)
-            for view in await self.queue.queued_items(evaluation.id, limit=room + 4):
-                if view.retry_not_before is not None and view.retry_not_before > now:
-                    continue
-                if await self._claim(evaluation, view):
-                    claimed += 1
-                    self._last_served[evaluation.id] = time.monotonic()
-                    break  # one per evaluation per round: round-robin across evaluations
-        return claimed
+            room = min(free, evaluation.config.concurrency - ev.in_flight(evaluation.item_counts))
+            ready = [
+                view
+                for view in await self.queue.queued_items(evaluation.id, limit=room + 8)
+                if view.retry_not_before is None or view.retry_not_before <= now
+            ]
+            if ready:
+                candidates.append((evaluation, ready[:room]))
+        # Deal the free slots round-robin, fewest-in-flight evaluation first, then claim them
+        # all at once: the claims' appends share one group commit.
+        picks: list[tuple[EvaluationView, ItemView]] = []
+        while len(picks) < free and any(views for _, views in candidates):
+            for evaluation, views in candidates:
+                if views and len(picks) < free:
+                    picks.append((evaluation, views.pop(0)))
+        claimed = await asyncio.gather(*(self._claim(e, v) for e, v in picks))
+        for (evaluation, _), ok in zip(picks, claimed, strict=True):
+            if ok:
+                self._last_served[evaluation.id] = time.monotonic()
+        return sum(claimed)
 
     async def _claim(self, evaluation: EvaluationView, view: ItemView) -> bool:
         handle = ItemHandle(self.store, state_of(view), utc_now, self.worker_id)
         lease = iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
         try:
+            # Provisioning starts the moment the claim lands: both in one append.
             await handle.apply(
                 it.ItemClaimed(
                     item_id=view.id,
                     evaluation_id=view.evaluation_id,
                     worker_id=self.worker_id,
                     lease_expires_at=lease,
-                )
+                ),
+                it.ItemProvisioning(item_id=view.id, evaluation_id=view.evaluation_id),
             )
         except ItemLost:
             return False  # another worker took it, or the evaluation is at its concurrency
@@ -260,22 +276,32 @@ class WorkerPool:
         next_heartbeat = 0.0
         while not self._stopping:
             await asyncio.sleep(renew_every)
-            try:
-                await self._renew_leases()
-                await self._expire_leases()
-                if time.monotonic() >= next_heartbeat:
-                    await self.queue.heartbeat(self.worker_id, utc_now())
-                    await self._reap_orphans()
-                    next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
-            except Exception as exc:
-                log.error("maintenance_failed", exc_info=exc)
+            # Each step on its own: a failing one must not cost the others their turn (a
+            # skipped heartbeat would make this live worker look dead to the others).
+            await self._step("renew_leases", self._renew_leases)
+            await self._step("expire_leases", self._expire_leases)
+            if time.monotonic() >= next_heartbeat:
+                await self._step("heartbeat", self._heartbeat)
+                await self._step("reap_orphans", self._reap_orphans)
+                next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+
+    async def _step(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except Exception as exc:
+            log.error("maintenance_failed", step=name, exc_info=exc)
+
+    async def _heartbeat(self) -> None:
+        await self.queue.heartbeat(self.worker_id, utc_now())
 
     async def _renew_leases(self) -> None:
         lease = iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
         for item_id, (_task, handle) in list(self._running.items()):
             if handle.status not in it.IN_FLIGHT:
                 continue
-            with contextlib.suppress(ItemLost):  # the runner finds out at its next step
+            # ItemLost: the runner finds out at its next step. IllegalTransition: the item ended
+            # while this renewal waited for the handle.
+            with contextlib.suppress(ItemLost, IllegalTransition):
                 await handle.apply(
                     it.ItemLeaseRenewed(
                         item_id=item_id,

@@ -116,22 +116,23 @@ class ItemRunner:
         redactions = tuple(job.secrets_env.values())
         try:
             task = self.catalog.resolve(job.item.task_ref)
-            await handle.apply(
-                it.ItemProvisioning(item_id=handle.state.item_id, evaluation_id=config_id(job))
-            )
             sandbox = await self._provision(job, task)
             await self._setup(sandbox, task, deadline)
             outcome = await self._run_agent(job, task, sandbox, deadline, redactions)
-            await handle.apply(
-                it.ItemAgentFinished(
-                    item_id=handle.state.item_id,
-                    evaluation_id=config_id(job),
-                    agent_result=outcome.agent_result(job.agent_name),
-                )
+            finished = it.ItemAgentFinished(
+                item_id=handle.state.item_id,
+                evaluation_id=config_id(job),
+                agent_result=outcome.agent_result(job.agent_name),
             )
-            deadline.remaining()
+            try:
+                deadline.remaining()
+            except DeadlinePassed:
+                await handle.apply(finished)
+                raise
+            # Verification starts the moment the agent is done: both in one append.
             await handle.apply(
-                it.ItemVerifying(item_id=handle.state.item_id, evaluation_id=config_id(job))
+                finished,
+                it.ItemVerifying(item_id=handle.state.item_id, evaluation_id=config_id(job)),
             )
             passed, result = await self._verify(task, sandbox, outcome, deadline, redactions)
             await handle.apply(

@@ -414,23 +414,6 @@ def test_three_worker_processes_share_one_evaluation_within_its_concurrency(
 # ---- 3. a lease renewal racing an item's end -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: app/worker/pool.py:276-279 (_renew_leases) checks handle.status outside the "
-        "handle's lock and suppresses only ItemLost; when the item ends while the renewal waits "
-        "for the lock, ItemHandle.apply raises domain IllegalTransition ('item is failed; only "
-        "an item in flight has a lease'), which aborts the renewal of every later item and, via "
-        "_maintenance_loop (pool.py:258-271, one try around all steps), that cycle's "
-        "_expire_leases, worker heartbeat and orphan reaping. Busy workers hit it every few "
-        "cycles (the 3-worker run logs maintenance_failed ~2/s per worker); with the default "
-        "lease (30 s: a cycle every 10 s) one failed cycle leaves the heartbeat 20 s old, past "
-        "WORKER_TIMEOUT_SECONDS=15, so other workers would count a live worker dead and reap its "
-        "running sandboxes (read from the code, not run here). Suggested fix: suppress "
-        "IllegalTransition too (or re-check the status under the handle's lock), and give "
-        "each maintenance step its own try."
-    ),
-)
 async def test_a_lease_renewal_racing_an_items_end_still_renews_the_other_items(
     engine_settings: Settings,
 ) -> None:

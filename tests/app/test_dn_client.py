@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from tests.app import dn_client
 from tests.app.dn_client import (
     Dn,
     DnInstallFailed,
@@ -281,3 +284,71 @@ def test_a_wrong_api_key_is_a_401(dn: Dn) -> None:
     result = dn("evaluation", "list", DREADNODE_API_KEY="assay_not_a_real_key")
     assert result.returncode != 0, result.describe()
     assert "401" in result.output
+
+
+# ---- with a worker: --wait follows the evaluation to its end ----
+
+
+@pytest.fixture(scope="module")
+def working_server(
+    dn_executable: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A second live server that runs an in-process worker (the module's `server` runs none)."""
+    workdir = tmp_path_factory.mktemp("dn-worker-server")
+    live = LiveServer(workdir)
+    live.prepare()
+    # LiveServer starts `assay serve` with ASSAY_WORKERS=0; these settings win over it.
+    worker_env = {
+        "ASSAY_WORKERS": "2",
+        "ASSAY_SANDBOX_ROOT": str(workdir / "sandboxes"),
+        "ASSAY_POLL_SECONDS": "0.1",
+    }
+    clean_env = dn_client._clean_env
+    with mock.patch.object(
+        dn_client, "_clean_env", lambda **extra: clean_env(**{**extra, **worker_env})
+    ):
+        live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def test_create_with_wait_follows_an_oracle_run_to_completed(
+    dn_executable: Path, working_server: LiveServer, tmp_path: Path
+) -> None:
+    dn = Dn(dn_executable, working_server, tmp_path / "dn-home")
+
+    result = dn(
+        "evaluation",
+        "create",
+        "dn-wait-oracle",
+        "--task",
+        "decode-payload",
+        "--task",
+        "find-the-flag",
+        "--capability",
+        "oracle",
+        "--wait",
+        "--poll-interval-sec",
+        "1",
+    )
+
+    assert result.returncode == 0, result.describe() + "\n" + working_server.log_tail()
+    assert "completed" in result.stdout
+    assert "dn-wait-oracle" in result.stdout
+    assert re.search(r"pass: 100%", result.stdout), result.describe()
+    assert "passed=2" in result.stdout
+    assert re.search(r"decode-payload\s+100% \(1/1\)", result.stdout), result.describe()
+    assert re.search(r"find-the-flag\s+100% \(1/1\)", result.stdout), result.describe()
+    status, page = working_server.api("GET", "/evaluations?page_size=200")
+    assert status == 200
+    [stored] = [e for e in page["items"] if e["name"] == "dn-wait-oracle"]
+    assert stored["job_status"] == "completed"
+    assert stored["item_counts"]["passed"] == 2
+    # The worker cleans up after itself (cleanup_policy always), right after each verdict.
+    sandboxes = working_server.workdir / "sandboxes"
+    deadline = time.monotonic() + 10
+    while leftovers := list(sandboxes.glob("*")):
+        assert time.monotonic() < deadline, leftovers
+        time.sleep(0.1)

@@ -31,7 +31,7 @@ _QUEUED_ITEMS = (
     .limit(sa.bindparam("limit"))
 )
 _IN_FLIGHT_ITEMS = sa.select(items.c.doc).where(items.c.status.in_(sorted(IN_FLIGHT)))
-_ITEM_STATUS = sa.select(items.c.status).where(items.c.id == sa.bindparam("id"))
+_ITEM_DOC = sa.select(items.c.doc).where(items.c.id == sa.bindparam("id"))
 
 
 class WorkerInfo(msgspec.Struct, frozen=True):
@@ -78,10 +78,11 @@ class WorkQueue:
             docs = (await conn.execute(_IN_FLIGHT_ITEMS)).scalars().all()
         return [decode_item(d) for d in docs]
 
-    async def item_status(self, item_id: str) -> str | None:
+    async def item_version(self, item_id: str) -> int | None:
+        """The item stream's version as the read model has it (None: no such item)."""
         async with self.engine.connect() as conn:
-            status = (await conn.execute(_ITEM_STATUS, {"id": item_id})).scalar()
-        return None if status is None else str(status)
+            doc = (await conn.execute(_ITEM_DOC, {"id": item_id})).scalar()
+        return None if doc is None else decode_item(doc).version
 
     # ---- worker registry ----
 

@@ -46,6 +46,11 @@ class ItemHandle:
     def status(self) -> it.ItemStatus:
         return self.state.status
 
+    @property
+    def busy(self) -> bool:
+        """An append is in flight (the stored version may be ahead of `state` for a moment)."""
+        return self._lock.locked()
+
     async def apply(self, *proposed: it.AnyItemEvent) -> it.ItemState:
         """Decide and append `proposed` (in order, atomically); raise ItemLost on a conflict."""
         async with self._lock:

@@ -230,7 +230,11 @@ class WorkerPool:
         try:
             await self.runner.run(job)
         finally:
-            self._running.pop(job.item.id, None)
+            # Only our own entry: the same item may already run again here (cancelled,
+            # requeued and re-claimed while this run wound down).
+            entry = self._running.get(job.item.id)
+            if entry is not None and entry[0] is asyncio.current_task():
+                del self._running[job.item.id]
             self._wake.set()
 
     async def _job(

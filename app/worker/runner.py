@@ -90,6 +90,8 @@ class ItemJob:
         self.provider = provider
         self.context_extras = context_extras
         self.secrets_env = secrets_env
+        # Set once provisioned, so the watcher can kill it whatever phase is running.
+        self.sandbox: Sandbox | None = None
 
 
 class ItemRunner:
@@ -109,6 +111,36 @@ class ItemRunner:
         self.default_max_steps = default_max_steps
 
     async def run(self, job: ItemJob) -> None:
+        """Run the item's phases while a watcher checks nobody else moved the item; if someone
+        did (cancelled, or took it back), kill the sandbox and stop at once, whatever phase."""
+        work = asyncio.ensure_future(self._phases(job))
+        watcher = asyncio.ensure_future(self._watch(job, work))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not (watcher.done() and not watcher.cancelled() and watcher.result()):
+                raise  # our own task was cancelled (shutdown), not the item lost
+            log.info("item_lost", item_id=job.item.id, reason="moved by someone else")
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, job: ItemJob, work: asyncio.Future[None]) -> bool:
+        """Poll the item's stream version: any append this worker did not make means the item
+        is no longer this run's (a status check alone misses cancel + retry + re-claim)."""
+        handle = job.handle
+        while not work.done():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            stored = await self.queue.item_version(job.item.id)
+            if handle.busy:
+                continue  # our own append may have committed before the handle caught up
+            if stored is None or stored > handle.state.version:
+                if job.sandbox is not None:
+                    await job.sandbox.kill_all()
+                work.cancel()
+                return True
+        return False
+
+    async def _phases(self, job: ItemJob) -> None:
         config = job.evaluation.config
         deadline = Deadline(config.task_timeout_sec)
         sandbox: Sandbox | None = None
@@ -178,6 +210,7 @@ class ItemRunner:
             env=dict(job.secrets_env),
         )
         sandbox = await job.provider.provision(spec)
+        job.sandbox = sandbox
         # The agent gets the task's files, never its answers: no task.yaml (it holds the flag),
         # no reference solution, no checker (copied in only after the agent finished).
         hidden = {"task.yaml"}
@@ -224,20 +257,14 @@ class ItemRunner:
             redact=redactions,
             **job.context_extras,
         )
-        agent_task = asyncio.ensure_future(job.agent.run(sandbox, context))
-        watcher = asyncio.ensure_future(self._watch_for_cancel(job, sandbox, agent_task))
         try:
             # The agent honours its own budget; the extra seconds only catch a hung agent.
-            outcome = await asyncio.wait_for(agent_task, deadline.remaining() + 5)
+            outcome = await asyncio.wait_for(
+                job.agent.run(sandbox, context), deadline.remaining() + 5
+            )
         except TimeoutError as exc:
             await sandbox.kill_all()
             raise DeadlinePassed() from exc
-        except asyncio.CancelledError:
-            if watcher.done() and watcher.result():
-                raise ItemLost("evaluation cancelled while the agent ran") from None
-            raise
-        finally:
-            watcher.cancel()
         await self.queue.save_transcript(
             [
                 StoredMessage(
@@ -257,19 +284,6 @@ class ItemRunner:
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()
         return outcome
-
-    async def _watch_for_cancel(
-        self, job: ItemJob, sandbox: Sandbox, agent_task: asyncio.Future[AgentOutcome]
-    ) -> bool:
-        """Poll the item's status; if someone else ended it, kill the sandbox and the agent."""
-        while not agent_task.done():
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
-            status = await self.queue.item_status(job.item.id)
-            if status != job.handle.status:
-                await sandbox.kill_all()
-                agent_task.cancel()
-                return True
-        return False
 
     async def _verify(
         self,

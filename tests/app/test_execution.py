@@ -449,17 +449,6 @@ def test_cancel_kills_the_running_sandbox_and_cancels_queued_siblings(
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: app/worker/runner.py:192 (_setup) and :293 (_verify) run sandbox commands without "
-        "the cancel watcher, which only exists around the agent (_run_agent, :227): a cancel "
-        "while setup or the checker runs leaves the sandbox running until the command ends or "
-        "the item deadline (here 20 s), instead of killing it within the poll interval; "
-        "suggested fix: start _watch_for_cancel right after provisioning and keep it until "
-        "the verdict (cancel the phase's task, not only the agent's)"
-    ),
-)
 def test_cancel_during_setup_kills_the_sandbox_too(
     service: Start, bundles: Path, tmp_path: Path
 ) -> None:
@@ -495,17 +484,6 @@ def test_cancel_during_setup_kills_the_sandbox_too(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: app/worker/runner.py:267 (_watch_for_cancel) decides that the item was taken away "
-        "by comparing its status only: when the cancelled item is requeued (retry-failed) and "
-        "claimed again before the next 0.5 s poll, it is back in agent_running, the statuses "
-        "match, and the cancelled run's sandbox keeps running to its end beside the new run. "
-        "Suggested fix: compare the item's stream version (or claim/session id) with what this "
-        "handle appended, not its status"
-    ),
-)
 def test_a_cancelled_run_stops_even_when_its_item_is_requeued_at_once(
     service: Start, bundles: Path, tmp_path: Path
 ) -> None:
@@ -554,19 +532,6 @@ def test_a_cancelled_run_stops_even_when_its_item_is_requeued_at_once(
     assert last <= cancelled_at + 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: app/worker/pool.py:217 (_run's finally) pops self._running[item_id] without "
-        "checking that the entry is its own: when an item is requeued (cancel, then "
-        "retry-failed) and claimed again by this worker while its cancelled run is still "
-        "winding down, the old run's finally removes the NEW run's entry, so the new run's "
-        "lease is never renewed (_renew_leases iterates _running), _expire_leases takes the "
-        "still-running item back as 'lost its lease' (infra_failed), and its slot is no longer "
-        "counted. Suggested fix: pop only when self._running.get(item_id) is this run's task "
-        "(or key _running by claim rather than item id)"
-    ),
-)
 def test_an_item_requeued_right_after_a_cancel_runs_again_with_its_lease_kept(
     service: Start, bundles: Path, tmp_path: Path
 ) -> None:

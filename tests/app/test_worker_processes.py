@@ -358,14 +358,11 @@ def concurrency_peak(events: list[dict[str, Any]]) -> int:
     return peak
 
 
+# Several worker processes are a PostgreSQL deployment: on SQLite one process does all writing.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_three_worker_processes_share_one_evaluation_within_its_concurrency(
     database_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if database_url.startswith("sqlite"):
-        pytest.skip(
-            "several worker processes are a PostgreSQL deployment: on SQLite one process "
-            "should do all writing (two writers fight over the file lock)"
-        )
     api: Api = request.getfixturevalue("api")
     workers: Workers = request.getfixturevalue("workers")
     count, concurrency = 200, 8

@@ -143,9 +143,9 @@ class ItemRunner:
     async def _phases(self, job: ItemJob) -> None:
         config = job.evaluation.config
         deadline = Deadline(config.task_timeout_sec)
-        sandbox: Sandbox | None = None
         handle = job.handle
         redactions = tuple(job.secrets_env.values())
+        ending: it.AnyItemEvent | None = None
         try:
             task = self.catalog.resolve(job.item.task_ref)
             sandbox = await self._provision(job, task)
@@ -167,38 +167,32 @@ class ItemRunner:
                 it.ItemVerifying(item_id=handle.state.item_id, evaluation_id=config_id(job)),
             )
             passed, result = await self._verify(task, sandbox, outcome, deadline, redactions)
-            await handle.apply(
-                it.ItemVerdict(
-                    item_id=handle.state.item_id,
-                    evaluation_id=config_id(job),
-                    passed=passed,
-                    result=result,
-                )
+            ending = it.ItemVerdict(
+                item_id=job.item.id, evaluation_id=config_id(job), passed=passed, result=result
             )
         except ItemLost as exc:
             log.info("item_lost", item_id=job.item.id, reason=str(exc))
+            return
         except DeadlinePassed:
-            await self._end(
-                job,
-                it.ItemTimedOut(
-                    item_id=job.item.id,
-                    evaluation_id=config_id(job),
-                    error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
-                ),
+            ending = it.ItemTimedOut(
+                item_id=job.item.id,
+                evaluation_id=config_id(job),
+                error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
             )
         except CheckerBroke as exc:
-            await self._end(
-                job,
-                it.ItemErrored(item_id=job.item.id, evaluation_id=config_id(job), error=str(exc)),
+            ending = it.ItemErrored(
+                item_id=job.item.id, evaluation_id=config_id(job), error=str(exc)
             )
         except (SandboxError, AgentInfraError, UnknownTask) as exc:
-            await self._infra_failure(job, redact(f"{type(exc).__name__}: {exc}", redactions))
+            ending = self._infra_failure(job, redact(f"{type(exc).__name__}: {exc}", redactions))
         except Exception as exc:  # a bug in the engine must not strand the item in flight
             log.error("runner_failed", item_id=job.item.id, exc_info=exc)
-            await self._infra_failure(job, f"worker error: {type(exc).__name__}")
+            ending = self._infra_failure(job, f"worker error: {type(exc).__name__}")
         finally:
-            if sandbox is not None:
-                await self._clean_up(job, sandbox)
+            # Clean up before the ending is recorded: once an item has ended, its sandbox is
+            # gone (or kept, and the same append says where). Cancellation cleans up too.
+            kept = await self._clean_up(job, ending)
+        await self._end(job, ending, kept)
 
     # ---- phases ----
 
@@ -326,45 +320,49 @@ class ItemRunner:
 
     # ---- endings ----
 
-    async def _end(self, job: ItemJob, event: it.AnyItemEvent) -> None:
+    async def _end(
+        self, job: ItemJob, ending: it.AnyItemEvent, kept: it.ItemSandboxKept | None
+    ) -> None:
         try:
-            await job.handle.apply(event)
+            await job.handle.apply(ending, *([kept] if kept else []))
         except ItemLost as exc:
             log.info("item_lost", item_id=job.item.id, reason=str(exc))
 
-    async def _infra_failure(self, job: ItemJob, error: str) -> None:
+    def _infra_failure(self, job: ItemJob, error: str) -> it.ItemInfraFailed:
         backoff = self.retry_backoff_seconds * (2**job.handle.state.retry_count)
         not_before = datetime.now(UTC) + timedelta(seconds=backoff)
-        await self._end(
-            job,
-            it.ItemInfraFailed(
-                item_id=job.item.id,
-                evaluation_id=config_id(job),
-                error=error,
-                will_retry=True,  # the domain decides whether retries are left
-                retry_not_before=iso(not_before),
-            ),
+        return it.ItemInfraFailed(
+            item_id=job.item.id,
+            evaluation_id=config_id(job),
+            error=error,
+            will_retry=True,  # the domain decides whether retries are left
+            retry_not_before=iso(not_before),
         )
 
-    async def _clean_up(self, job: ItemJob, sandbox: Sandbox) -> None:
-        keep = (
-            job.evaluation.config.cleanup_policy == "on_success"
-            and job.handle.status in it.TERMINAL
-            and job.handle.status != "passed"
-        )
+    async def _clean_up(
+        self, job: ItemJob, ending: it.AnyItemEvent | None
+    ) -> it.ItemSandboxKept | None:
+        """Destroy the sandbox, or keep it (cleanup_policy on_success, the item ending without
+        a pass) and return the event that records where."""
+        sandbox = job.sandbox
+        if sandbox is None:
+            return None
+        state = job.handle.state
+        final = ending is not None and it.status_after(state.status, ending) in it.TERMINAL
+        if isinstance(ending, it.ItemInfraFailed) and state.retry_count < state.max_retries:
+            final = False  # it will be retried, in a fresh sandbox
+        passed = isinstance(ending, it.ItemVerdict) and ending.passed
+        keep = job.evaluation.config.cleanup_policy == "on_success" and final and not passed
         try:
             if keep:
                 await sandbox.keep()
-                await self._end(
-                    job,
-                    it.ItemSandboxKept(
-                        item_id=job.item.id, evaluation_id=config_id(job), location=sandbox.location
-                    ),
+                return it.ItemSandboxKept(
+                    item_id=job.item.id, evaluation_id=config_id(job), location=sandbox.location
                 )
-            else:
-                await sandbox.destroy()
+            await sandbox.destroy()
         except SandboxError as exc:
             log.warning("sandbox_cleanup_failed", item_id=job.item.id, error=str(exc))
+        return None
 
 
 def config_id(job: ItemJob) -> str:

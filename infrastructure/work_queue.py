@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.item import IN_FLIGHT
 from domain.projections import EvaluationView, ItemView
+from infrastructure.agents.protocol import TranscriptMessage
 from infrastructure.clock import iso
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.execution_tables import transcript_messages, workers
@@ -43,16 +44,12 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     heartbeat_at: str
 
 
-class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: str
-    seq: int
-    item_id: str
-    role: str
-    content: str | None
-    tool_calls: list[dict[str, Any]] | None
-    tool_call_id: str | None
-    metadata: dict[str, Any]
-    created_at: str
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _from_json(text: str) -> Any:
+    return msgspec.json.decode(text)
 
 
 class WorkQueue:
@@ -115,16 +112,22 @@ class WorkQueue:
 
     # ---- transcripts ----
 
-    async def save_transcript(self, messages: Sequence[StoredMessage]) -> None:
+    async def save_transcript(
+        self, session_id: str, item_id: str, messages: Sequence[TranscriptMessage]
+    ) -> None:
         if not messages:
             return
         rows = [
             {
-                **msgspec.structs.asdict(m),
-                "tool_calls": None
-                if m.tool_calls is None
-                else msgspec.json.encode(m.tool_calls).decode(),
-                "metadata": msgspec.json.encode(m.metadata).decode(),
+                "session_id": session_id,
+                "item_id": item_id,
+                "seq": m.seq,
+                "role": m.role,
+                "content": m.content,
+                "tool_calls": None if m.tool_calls is None else _json(m.tool_calls),
+                "tool_call_id": m.tool_call_id,
+                "metadata": _json(m.metadata),
+                "created_at": m.created_at,
             }
             for m in messages
         ]
@@ -133,7 +136,7 @@ class WorkQueue:
 
     async def transcript(
         self, session_id: str, *, after_seq: int = 0, limit: int = 500
-    ) -> list[StoredMessage]:
+    ) -> list[TranscriptMessage]:
         query = (
             sa.select(transcript_messages)
             .where(
@@ -146,14 +149,16 @@ class WorkQueue:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [
-            StoredMessage(
-                **{
-                    **row,
-                    "tool_calls": None
-                    if row["tool_calls"] is None
-                    else msgspec.json.decode(row["tool_calls"]),
-                    "metadata": msgspec.json.decode(row["metadata"]),
-                }
+            TranscriptMessage(
+                seq=row["seq"],
+                role=row["role"],
+                content=row["content"],
+                tool_calls=None
+                if row["tool_calls"] is None
+                else msgspec.json.decode(row["tool_calls"]),
+                tool_call_id=row["tool_call_id"],
+                metadata=_from_json(row["metadata"]),
+                created_at=row["created_at"],
             )
             for row in rows
         ]

@@ -234,7 +234,7 @@ class EvaluationController(Controller):
             ),
             messages=[
                 TranscriptMessageResponse(
-                    id=f"{m.session_id}:{m.seq}",
+                    id=f"{item.session_id}:{m.seq}",
                     seq=m.seq,
                     role=m.role,
                     content=m.content,

@@ -38,7 +38,7 @@ from infrastructure.tasks import (
     TaskCatalog,
     UnknownTask,
 )
-from infrastructure.work_queue import StoredMessage, WorkQueue
+from infrastructure.work_queue import WorkQueue
 
 log = structlog.get_logger("assay.worker")
 
@@ -259,22 +259,7 @@ class ItemRunner:
         except TimeoutError as exc:
             await sandbox.kill_all()
             raise DeadlinePassed() from exc
-        await self.queue.save_transcript(
-            [
-                StoredMessage(
-                    session_id=session_id,
-                    seq=m.seq,
-                    item_id=job.item.id,
-                    role=m.role,
-                    content=m.content,
-                    tool_calls=m.tool_calls,
-                    tool_call_id=m.tool_call_id,
-                    metadata=m.metadata,
-                    created_at=m.created_at,
-                )
-                for m in outcome.transcript
-            ]
-        )
+        await self.queue.save_transcript(session_id, job.item.id, outcome.transcript)
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()
         return outcome

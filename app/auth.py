@@ -28,10 +28,14 @@ class Scope(msgspec.Struct, frozen=True):
 
 
 def raw_key_of(request: Request[Any, Any, Any]) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    authorization = request.headers.get("authorization", "")
+    # Straight from the ASGI headers: building Litestar's Headers object costs more than the
+    # rest of an authenticated cached GET.
+    authorization = ""
+    for name, value in request.scope["headers"]:
+        if name == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()

@@ -922,6 +922,11 @@ def run_backend(
 
         fill(backend, service_db, args.small_events, filler, notes)
         small = backend.count_events(service_db)
+    # Each history size is measured on a server started over it (the filler goes straight into
+    # the table, so a running server's log tail would still be reading it during the figure).
+    with Server(
+        f"{name}-assay-small", "app.main:create_app", service_env, backend.workdir
+    ) as server:
         progress(f"[{name}] GET evaluation at {small:,} events (assay)")
         get_small = runner.measure(server, get_request, 200, "get-small")
         progress(f"[{name}] create evaluation (assay)")
@@ -931,8 +936,6 @@ def run_backend(
             backend, service_db, args.large_events - backend.count_events(service_db), filler, notes
         )
         large = backend.count_events(service_db)
-    # A server started over the whole history, as a service with that much history would be
-    # (the filler went straight into the table, not through a server's append path).
     with Server(
         f"{name}-assay-large", "app.main:create_app", service_env, backend.workdir
     ) as server:

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.di import Provide
 from litestar.params import Parameter
 
 from app.api.openapi import errors_for
@@ -84,7 +83,6 @@ PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (m
 class EvaluationController(Controller):
     path = "/api/v1/org/{org:str}/ws/{ws:str}"
     tags = ["evaluations"]
-    dependencies = {"tenant": Provide(resolve_scope)}
 
     @post(
         "/evaluation",
@@ -92,9 +90,10 @@ class EvaluationController(Controller):
         responses=errors_for(400, 401, 403, 404, 413, 415, 422, 426, 429),
     )
     async def create_evaluation(
-        self, request: Request[Any, Any, Any], tenant: Scope, data: CreateEvaluationRequest
+        self, request: Request[Any, Any, Any], org: str, ws: str, data: CreateEvaluationRequest
     ) -> EvaluationResponse:
         """Create an evaluation: one queued item per task name or dataset row."""
+        tenant = await resolve_scope(request, org, ws)
         container = container_of(request)
         view = await container.evaluations.create(_context(request, tenant), data)
         return evaluation_response(view, await container.capacity())
@@ -103,13 +102,15 @@ class EvaluationController(Controller):
     async def list_evaluations(
         self,
         request: Request[Any, Any, Any],
-        tenant: Scope,
+        org: str,
+        ws: str,
         page: PageNumber = 1,
         page_size: PageSize = 50,
         status: str | None = None,
         project_id: str | None = None,
     ) -> EvaluationList:
         """Evaluations of the workspace, newest first."""
+        tenant = await resolve_scope(request, org, ws)
         if status is not None and status not in EVALUATION_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(EVALUATION_STATUSES)}")
         found = await container_of(request).queries.list_evaluations(
@@ -129,9 +130,10 @@ class EvaluationController(Controller):
 
     @get("/evaluation/{evaluation_id:str}", responses=errors_for(401, 404, 409, 426, 429))
     async def get_evaluation(
-        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
     ) -> EvaluationResponse:
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
+        tenant = await resolve_scope(request, org, ws)
         return evaluation_response(
             await _evaluation(request, tenant, evaluation_id),
             await container_of(request).capacity(),
@@ -143,9 +145,10 @@ class EvaluationController(Controller):
         responses=errors_for(401, 403, 404, 409, 426, 429),
     )
     async def cancel_evaluation(
-        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
+        tenant = await resolve_scope(request, org, ws)
         view = await _evaluation(request, tenant, evaluation_id)
         container = container_of(request)
         cancelled = await container.evaluations.cancel(_context(request, tenant), view.id)
@@ -157,9 +160,10 @@ class EvaluationController(Controller):
         responses=errors_for(401, 403, 404, 409, 426, 429),
     )
     async def retry_failed(
-        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
+        tenant = await resolve_scope(request, org, ws)
         view = await _evaluation(request, tenant, evaluation_id)
         container = container_of(request)
         reopened = await container.evaluations.retry_failed(_context(request, tenant), view.id)
@@ -167,9 +171,10 @@ class EvaluationController(Controller):
 
     @get("/evaluation/{evaluation_id:str}/analytics", responses=errors_for(401, 404, 409, 426, 429))
     async def get_analytics(
-        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str
+        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
     ) -> analytics.Analytics:
         """Pass rate, counts, per-task breakdown, durations and grouped errors."""
+        tenant = await resolve_scope(request, org, ws)
         view = await _evaluation(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id)
         return analytics.compute(view, items)
@@ -180,11 +185,13 @@ class EvaluationController(Controller):
     async def list_items(
         self,
         request: Request[Any, Any, Any],
-        tenant: Scope,
+        org: str,
+        ws: str,
         evaluation_id: str,
         status: str | None = None,
     ) -> ItemList:
         """The evaluation's items in position order, optionally filtered by status."""
+        tenant = await resolve_scope(request, org, ws)
         if status is not None and status not in ITEM_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(ITEM_STATUSES)}")
         view = await _evaluation(request, tenant, evaluation_id)
@@ -196,9 +203,10 @@ class EvaluationController(Controller):
         responses=errors_for(401, 404, 409, 426, 429),
     )
     async def get_item(
-        self, request: Request[Any, Any, Any], tenant: Scope, evaluation_id: str, item_id: str
+        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str, item_id: str
     ) -> ItemResponse:
         """One item by id or unique id prefix."""
+        tenant = await resolve_scope(request, org, ws)
         view = await _evaluation(request, tenant, evaluation_id)
         return item_response(await _item(request, view, item_id))
 
@@ -209,7 +217,8 @@ class EvaluationController(Controller):
     async def get_transcript(
         self,
         request: Request[Any, Any, Any],
-        tenant: Scope,
+        org: str,
+        ws: str,
         evaluation_id: str,
         item_id: str,
         after_seq: Annotated[int, Parameter(ge=0)] = 0,
@@ -217,6 +226,7 @@ class EvaluationController(Controller):
     ) -> Transcript:
         """What the agent said and did in the item's latest attempt (secrets redacted);
         404 when the item never started an agent."""
+        tenant = await resolve_scope(request, org, ws)
         view = await _evaluation(request, tenant, evaluation_id)
         item = await _item(request, view, item_id)
         if item.session_id is None:
@@ -254,12 +264,14 @@ class EvaluationController(Controller):
     async def get_history(
         self,
         request: Request[Any, Any, Any],
-        tenant: Scope,
+        org: str,
+        ws: str,
         evaluation_id: str,
         after: Annotated[int, Parameter(ge=0, description="only events after this position")] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 1000,
     ) -> EvaluationHistory:
         """The evaluation's history in commit order, for auditors: who did what, when."""
+        tenant = await resolve_scope(request, org, ws)
         view = await _evaluation(request, tenant, evaluation_id)
         records = await container_of(request).queries.evaluation_history(
             view.id, after_position=after, limit=limit

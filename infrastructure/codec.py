@@ -7,6 +7,7 @@ version, so old history keeps decoding after an event's schema changes.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,10 +58,20 @@ def event_type(event: AnyEvent) -> str:
     return str(type(event).__struct_config__.tag)
 
 
+# Events this process encoded recently, by id: the inline projection and the command's own
+# fold read them back from here instead of parsing the JSON just written (a bounded memo).
+_RECENT_LIMIT = 4096
+_recent: dict[str, AnyEvent] = {}
+
+
 def encode(event: AnyEvent, metadata: EventMetadata) -> NewEvent:
     kind = event_type(event)
+    event_id = str(uuid.uuid4())
+    if len(_recent) >= _RECENT_LIMIT:
+        _recent.clear()
+    _recent[event_id] = event
     return NewEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=event_id,
         event_type=kind,
         data=_encoder.encode(event).decode(),
         metadata=_encoder.encode(metadata).decode(),
@@ -87,6 +98,9 @@ def to_appends(
 
 
 def decode(record: RecordedEvent) -> AnyEvent:
+    recent = _recent.get(record.event_id)
+    if recent is not None:
+        return recent
     current = CURRENT_SCHEMA.get(record.event_type, 1)
     if record.schema_version == current:
         decoded: AnyEvent = _event_decoder.decode(record.data)
@@ -104,7 +118,14 @@ def decode(record: RecordedEvent) -> AnyEvent:
 
 
 def decode_metadata(record: RecordedEvent) -> EventMetadata:
-    return _metadata_decoder.decode(record.metadata)
+    return _metadata_of(record.metadata)
+
+
+@functools.lru_cache(maxsize=1024)
+def _metadata_of(text: str) -> EventMetadata:
+    # The events of one command share their metadata text: parse it once.
+    decoded: EventMetadata = _metadata_decoder.decode(text)
+    return decoded
 
 
 def envelope(record: RecordedEvent) -> Envelope:

@@ -142,6 +142,7 @@ class TaskCatalog:
     """Every loaded task, found by ref, plus the bundles that could not be loaded."""
 
     def __init__(self, tasks: Iterable[Task], problems: Iterable[TaskProblem] = ()) -> None:
+        self._resolved: dict[str, Task] = {}
         self.problems: list[TaskProblem] = list(problems)
         self._versions: dict[str, dict[str, Task]] = {}
         for task in tasks:
@@ -157,16 +158,22 @@ class TaskCatalog:
         deployment, shared by every org), while the client writes refs as it would for a
         registry with per-org namespaces. Without a version the highest version wins.
         """
+        known = self._resolved.get(ref)
+        if known is not None:
+            return known  # the catalog never changes after loading: resolve each ref once
         match = _REF.match(ref.strip())
         versions = self._versions.get(match.group("name"), {}) if match else {}
         if not match or not versions:
             raise UnknownTask(ref)
         version = match.group("version")
         if version is None:
-            return max(versions.values(), key=lambda task: version_key(task.version))
-        if version not in versions:
+            task = max(versions.values(), key=lambda candidate: version_key(candidate.version))
+        elif version in versions:
+            task = versions[version]
+        else:
             raise UnknownTask(ref)
-        return versions[version]
+        self._resolved[ref] = task
+        return task
 
     def names(self) -> list[str]:
         """The distinct task names, sorted."""

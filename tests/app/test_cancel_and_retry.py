@@ -10,28 +10,8 @@ from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.bootstrap import bootstrap
 from tests.app.conftest import Api, run_identity
+from tests.app.http_helpers import assert_envelope, created, items_of
 from tests.app.simulated_worker import claim, run_to_verdict, worker_moves
-
-
-def assert_envelope(response: Any, status: int, type_: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["code"] == status
-    assert body["type"] == type_
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
-def created(api: Api, **body: Any) -> dict[str, Any]:
-    response = api.create(**body)
-    assert response.status_code == 201, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
-def items_of(api: Api, evaluation_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = api.get(f"/evaluation/{evaluation_id}/items").json()["items"]
-    return found
 
 
 def last_position(url: str) -> int:

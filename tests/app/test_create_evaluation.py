@@ -11,6 +11,7 @@ from typing import Any
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
 from tests.app.conftest import Api, run_identity
+from tests.app.http_helpers import assert_envelope, items_of
 
 EVALUATION_FIELDS = {
     "id",
@@ -80,16 +81,6 @@ def assert_utc(value: str) -> None:
     assert parsed.utcoffset() == timedelta(0), value
 
 
-def assert_envelope(response: Any, status: int, type_: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["code"] == status
-    assert body["type"] == type_
-    assert isinstance(body["detail"], str) and body["detail"]
-    assert body["request_id"]
-    return body
-
-
 def assert_422_at(response: Any, *loc: str | int) -> dict[str, Any]:
     body = assert_envelope(response, 422, "validation_error")
     locs = [tuple(e["loc"]) for e in body["errors"]]
@@ -97,13 +88,6 @@ def assert_422_at(response: Any, *loc: str | int) -> dict[str, Any]:
     for error in body["errors"]:
         assert error["msg"] and error["type"]
     return body
-
-
-def items_of(api: Api, evaluation_id: str) -> list[dict[str, Any]]:
-    response = api.get(f"/evaluation/{evaluation_id}/items")
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()["items"]
-    return found
 
 
 def item_queued_variables(api: Api, evaluation_id: str) -> list[dict[str, Any]]:

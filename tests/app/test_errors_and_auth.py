@@ -12,18 +12,7 @@ from litestar.testing import TestClient
 from app.main import create_app
 from infrastructure.identity.bootstrap import bootstrap
 from tests.app.conftest import Api, run_identity
-
-
-def assert_envelope(response: Any, status: int, type_: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["code"] == status
-    assert body["type"] == type_
-    assert isinstance(body["detail"], str) and body["detail"]
-    assert isinstance(body["request_id"], str) and body["request_id"]
-    assert set(body) <= {"code", "detail", "type", "errors", "request_id"}
-    return body
+from tests.app.http_helpers import assert_envelope
 
 
 def new_key(api: Api, *, revoke: bool = False) -> str:

@@ -9,22 +9,7 @@ from typing import Any
 import pytest
 
 from tests.app.conftest import Api, run_identity
-
-
-def assert_envelope(response: Any, status: int, type_: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["code"] == status
-    assert body["type"] == type_
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
-def created(api: Api, **body: Any) -> dict[str, Any]:
-    response = api.create(**body)
-    assert response.status_code == 201, response.text
-    result: dict[str, Any] = response.json()
-    return result
+from tests.app.http_helpers import assert_envelope, created
 
 
 def id_sequence(monkeypatch: pytest.MonkeyPatch, api: Api) -> Callable[[list[str]], None]:

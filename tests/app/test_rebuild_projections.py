@@ -20,6 +20,7 @@ from app.cli import main
 from domain import item as it
 from infrastructure.db.engine import create_engine
 from tests.app.conftest import Api
+from tests.app.http_helpers import created, items_of
 from tests.app.simulated_worker import run_to_verdict, worker_moves
 
 
@@ -53,18 +54,6 @@ def read_doc(url: str, evaluation_id: str) -> dict[str, Any]:
 
     parsed: dict[str, Any] = json.loads(asyncio.run(run()))
     return parsed
-
-
-def created(api: Api, **body: Any) -> dict[str, Any]:
-    response = api.create(**body)
-    assert response.status_code == 201, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
-def items_of(api: Api, evaluation_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = api.get(f"/evaluation/{evaluation_id}/items").json()["items"]
-    return found
 
 
 def populate(api: Api) -> list[str]:

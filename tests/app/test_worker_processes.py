@@ -42,6 +42,7 @@ from infrastructure.clock import utc_now
 from infrastructure.identity.bootstrap import bootstrap
 from infrastructure.settings import Settings
 from tests.app.conftest import Api, make_settings, run_identity
+from tests.app.http_helpers import items_of
 
 ASSAY = Path(sys.executable).with_name("assay")
 LEASE_SECONDS = 2.0
@@ -211,13 +212,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
-
-
-def items_of(api: Api, evaluation_id: str) -> list[dict[str, Any]]:
-    response = api.get(f"/evaluation/{evaluation_id}/items")
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
 
 
 def history(api: Api, evaluation_id: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ class Health(msgspec.Struct, frozen=True, omit_defaults=True):
     detail: str | None = None
 
 
-@get("/health", tags=["operations"], exclude_from_auth=True)
+@get("/health", tags=["operations"])
 async def health() -> Health:
     """The process is up and serving."""
     return Health(status="ok")

@@ -15,7 +15,6 @@ from domain.item import ItemStatus
 from domain.projections import EvaluationView, ItemView
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-DatasetValue = str | int | float | bool | None
 
 
 class CreateEvaluationRequest(msgspec.Struct, frozen=True, kw_only=True):

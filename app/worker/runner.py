@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -352,6 +352,3 @@ class ItemRunner:
 
 def config_id(job: ItemJob) -> str:
     return job.item.evaluation_id
-
-
-Runner = Callable[[ItemJob], Awaitable[None]]

@@ -1,9 +1,9 @@
 """Sandbox providers by name, so a `docker` or remote provider plugs in without engine changes.
 
 A worker builds its own registry with `default_registry(settings.sandbox_root)` and looks
-providers up with `get`. The module-level `register` / `get_provider` / `provider_names` act on
-a process-wide default registry (sandboxes under `.assay/sandboxes`) for code that only needs
-to know which names exist, such as validating `sandbox_provider` when an evaluation is created.
+providers up with `get`. `provider_names` answers which names exist, from a registry built by
+the same function, so what create accepts is exactly what a worker can run. A new provider is
+added in `default_registry`, the one place both read.
 """
 
 from __future__ import annotations
@@ -59,13 +59,7 @@ def default_registry(sandbox_root: Path = DEFAULT_SANDBOX_ROOT) -> ProviderRegis
 _DEFAULT = default_registry()
 
 
-def register(provider: SandboxProvider, *, replace: bool = False) -> None:
-    _DEFAULT.register(provider, replace=replace)
-
-
-def get_provider(name: str) -> SandboxProvider:
-    return _DEFAULT.get(name)
-
-
 def provider_names() -> list[str]:
+    """The providers a worker's registry holds (both come from `default_registry`), for
+    validating `sandbox_provider` when an evaluation is created."""
     return _DEFAULT.names()

@@ -8,7 +8,7 @@ database round trip; a revoked key therefore stops working within that bound.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from litestar import Request
@@ -17,6 +17,9 @@ from app.errors import ApiError, not_found
 from infrastructure.identity.crypto import hash_api_key
 from infrastructure.identity.records import Org, Principal, Workspace
 from infrastructure.identity.store import IdentityStore
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Scope(msgspec.Struct, frozen=True):
@@ -42,41 +45,56 @@ def raw_key_of(request: Request[Any, Any, Any]) -> str | None:
     return None
 
 
+class _Expiring(Generic[K, V]):
+    """A small map whose entries lapse after `seconds` (and which never grows past a bound)."""
+
+    def __init__(self, seconds: float, limit: int = 10_000) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._entries) >= self.limit:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.seconds, value)
+
+    def drop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+
 class Authenticator:
     def __init__(self, identity: IdentityStore, cache_seconds: float) -> None:
         self.identity = identity
-        self.cache_seconds = cache_seconds
-        self._principals: dict[str, tuple[float, Principal]] = {}
-        self._orgs: dict[str, tuple[float, Org]] = {}
-        self._workspaces: dict[tuple[str, str], tuple[float, Workspace]] = {}
+        self._principals: _Expiring[str, Principal] = _Expiring(cache_seconds)
+        self._orgs: _Expiring[str, Org] = _Expiring(cache_seconds)
+        self._workspaces: _Expiring[tuple[str, str], Workspace] = _Expiring(cache_seconds)
 
     async def principal(self, request: Request[Any, Any, Any]) -> Principal:
         raw = raw_key_of(request)
         if raw is None:
             raise ApiError(401, "missing API key: send X-API-Key or Authorization: Bearer")
         digest = hash_api_key(raw)
-        now = time.monotonic()
-        cached = self._principals.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        principal = self._principals.get(digest)
+        if principal is not None:
+            return principal
         principal = await self.identity.authenticate(raw)
         if principal is None:
-            self._principals.pop(digest, None)
+            self._principals.drop(digest)
             raise ApiError(401, "invalid or revoked API key")
-        if len(self._principals) > 10_000:
-            self._principals.clear()
-        self._principals[digest] = (now + self.cache_seconds, principal)
+        self._principals.put(digest, principal)
         return principal
 
     async def org(self, principal: Principal, org_key: str) -> Org:
-        now = time.monotonic()
-        cached = self._orgs.get(org_key)
-        org = cached[1] if cached is not None and cached[0] > now else None
+        org = self._orgs.get(org_key)
         if org is None:
             org = await self.identity.get_org_by_key(org_key)
             if org is None:
                 raise not_found(f"organization {org_key!r}")
-            self._orgs[org_key] = (now + self.cache_seconds, org)
+            self._orgs.put(org_key, org)
         # Another tenant's org answers exactly like a missing one: existence is not disclosed.
         if not principal.can_read_org(org.id):
             raise not_found(f"organization {org_key!r}")
@@ -84,14 +102,12 @@ class Authenticator:
 
     async def scope(self, principal: Principal, org_key: str, workspace_key: str) -> Scope:
         org = await self.org(principal, org_key)
-        now = time.monotonic()
-        cached = self._workspaces.get((org.id, workspace_key))
-        workspace = cached[1] if cached is not None and cached[0] > now else None
+        workspace = self._workspaces.get((org.id, workspace_key))
         if workspace is None:
             workspace = await self.identity.get_workspace(org.id, workspace_key)
             if workspace is None:
                 raise not_found(f"workspace {workspace_key!r}")
-            self._workspaces[(org.id, workspace_key)] = (now + self.cache_seconds, workspace)
+            self._workspaces.put((org.id, workspace_key), workspace)
         if not principal.can_use_workspace(workspace.id):
             raise not_found(f"workspace {workspace_key!r}")
         return Scope(principal=principal, org=org, workspace=workspace)

@@ -22,7 +22,7 @@ from infrastructure import codec
 from infrastructure.agents.registry import agent_names, resolve_agent
 from infrastructure.clock import utc_now
 from infrastructure.eventstore import ConcurrencyConflict, EventStore
-from infrastructure.identity.records import Principal
+from infrastructure.identity.records import Principal, Runtime
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
@@ -91,8 +91,8 @@ class EvaluationService:
             )
         if errors:
             raise ApiError(422, _summary(errors), errors=errors)
-        await self._check_references(ctx, request)
-        await self._check_openai_endpoint(ctx, request)
+        runtime = await self._check_references(ctx, request)
+        self._check_openai_endpoint(request, runtime)
 
         evaluation_id = self.new_id()
         config = ev.EvaluationConfig(
@@ -181,8 +181,8 @@ class EvaluationService:
             )
         return specs
 
-    async def _check_openai_endpoint(
-        self, ctx: CommandContext, request: CreateEvaluationRequest
+    def _check_openai_endpoint(
+        self, request: CreateEvaluationRequest, runtime: Runtime | None
     ) -> None:
         """The openai agent needs an endpoint; fail at create, not item by item later."""
         if ev.chosen_agent(request.agent_type, request.capability) != "openai":
@@ -195,10 +195,8 @@ class EvaluationService:
             )
         if self.settings.openai_base_url:
             return
-        if request.runtime_id is not None:
-            runtime = await self.identity.get_runtime(ctx.workspace_id, request.runtime_id)
-            if runtime is not None and runtime.base_url:
-                return
+        if runtime is not None and runtime.base_url:
+            return
         message = (
             "the openai agent has no endpoint: set ASSAY_OPENAI_BASE_URL on the server or pass "
             "a runtime_id whose runtime has a base_url (or choose another agent with "
@@ -226,18 +224,20 @@ class EvaluationService:
 
     async def _check_references(
         self, ctx: CommandContext, request: CreateEvaluationRequest
-    ) -> None:
-        """References to other resources answer 404 when they are not the caller's to use."""
+    ) -> Runtime | None:
+        """References to other resources answer 404 when they are not the caller's to use.
+        Returns the runtime named, if any (the openai agent's endpoint may come from it)."""
         if request.project_id is not None and (
             not _is_uuid(request.project_id)
             or await self.identity.get_project(ctx.workspace_id, request.project_id) is None
         ):
             raise not_found(f"project {request.project_id!r}")
-        if request.runtime_id is not None and (
-            not _is_uuid(request.runtime_id)
-            or await self.identity.get_runtime(ctx.workspace_id, request.runtime_id) is None
-        ):
-            raise not_found(f"runtime {request.runtime_id!r}")
+        runtime: Runtime | None = None
+        if request.runtime_id is not None:
+            if _is_uuid(request.runtime_id):
+                runtime = await self.identity.get_runtime(ctx.workspace_id, request.runtime_id)
+            if runtime is None:
+                raise not_found(f"runtime {request.runtime_id!r}")
         wanted = list(dict.fromkeys(request.secret_ids or ()))
         if wanted:
             valid = [s for s in wanted if _is_uuid(s)]
@@ -245,6 +245,7 @@ class EvaluationService:
             missing = [s for s in wanted if s not in found]
             if missing:
                 raise not_found(f"secret(s) {', '.join(missing)}")
+        return runtime
 
     # ---- cancel / retry-failed ----
 

@@ -76,14 +76,21 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
 InTransaction = Callable[[AsyncConnection, list[RecordedEvent]], Awaitable[None]]
 # Runs after a batch committed, with its events (caches); it must not raise.
 AfterCommit = Callable[[list[RecordedEvent]], None]
+# A unit's own rows outside the log (an agent's transcript): written in the unit's transaction,
+# so they become visible with its events and share its group commit instead of taking the
+# database's write lock on their own.
+SideWrite = Callable[[AsyncConnection], Awaitable[None]]
 
 
 class _Unit:
-    __slots__ = ("appends", "future", "recorded_at")
+    __slots__ = ("appends", "future", "recorded_at", "side_writes")
 
-    def __init__(self, appends: Sequence[StreamAppend], recorded_at: str) -> None:
+    def __init__(
+        self, appends: Sequence[StreamAppend], recorded_at: str, side_writes: Sequence[SideWrite]
+    ) -> None:
         self.appends = appends
         self.recorded_at = recorded_at
+        self.side_writes = side_writes
         self.future: asyncio.Future[list[RecordedEvent]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -155,15 +162,21 @@ class EventStore:
     # ---- writing ----
 
     async def append(
-        self, appends: Sequence[StreamAppend], *, recorded_at: str
+        self,
+        appends: Sequence[StreamAppend],
+        *,
+        recorded_at: str,
+        side_writes: Sequence[SideWrite] = (),
     ) -> list[RecordedEvent]:
         """Append atomically to one or more streams; returns the recorded events in order.
+        `side_writes` commit in the same transaction, or not at all (an idempotent re-append
+        of events already stored does not run them again).
 
         Raises ConcurrencyConflict when a stream is not at its expected version and
         IdempotencyConflict when an event id was used before for another event. Re-appending
         exactly the same events (same ids and payloads) returns their original records.
         """
-        unit = _Unit(appends, recorded_at)
+        unit = _Unit(appends, recorded_at, side_writes)
         self._pending.append(unit)
         if self._drain_task is None or self._drain_task.done():
             # The drain runs as its own task so a cancelled request cannot interrupt a commit.
@@ -207,6 +220,9 @@ class EventStore:
             )
             if self._in_transaction is not None and recorded:
                 await self._in_transaction(conn, recorded)
+            for unit in batch:
+                for write in unit.side_writes:
+                    await write(conn)
         self.committed(recorded)
         cursor = 0
         for unit in batch:

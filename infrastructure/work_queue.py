@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.item import IN_FLIGHT
 from domain.projections import EvaluationView, ItemView
@@ -17,6 +17,7 @@ from infrastructure.clock import iso
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.execution_tables import transcript_messages, workers
 from infrastructure.db.store_tables import evaluations, items
+from infrastructure.eventstore import SideWrite
 from infrastructure.readmodels import decode_evaluation, decode_item
 
 # A worker heartbeats every few seconds; one silent for this long is taken for dead.
@@ -32,6 +33,7 @@ _QUEUED_ITEMS = (
     .limit(sa.bindparam("limit"))
 )
 _IN_FLIGHT_ITEMS = sa.select(items.c.doc).where(items.c.status.in_(sorted(IN_FLIGHT)))
+_INSERT_TRANSCRIPT = transcript_messages.insert()
 _ITEM_DOC = sa.select(items.c.doc).where(items.c.id == sa.bindparam("id"))
 
 
@@ -112,11 +114,13 @@ class WorkQueue:
 
     # ---- transcripts ----
 
-    async def save_transcript(
+    def transcript_write(
         self, session_id: str, item_id: str, messages: Sequence[TranscriptMessage]
-    ) -> None:
+    ) -> SideWrite | None:
+        """The write that stores an agent's transcript, for the append of the item's next
+        events (`EventStore.append(side_writes=...)`): none when there is nothing to store."""
         if not messages:
-            return
+            return None
         rows = [
             {
                 "session_id": session_id,
@@ -131,8 +135,11 @@ class WorkQueue:
             }
             for m in messages
         ]
-        async with write_transaction(self.engine) as conn:
-            await conn.execute(transcript_messages.insert(), rows)
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(_INSERT_TRANSCRIPT, rows)
+
+        return write
 
     async def transcript(
         self, session_id: str, *, after_seq: int = 0, limit: int = 500

@@ -9,12 +9,12 @@ worker took over): the handle raises `ItemLost` and this worker lets the item go
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from domain import item as it
 from domain.projections import ItemView
 from infrastructure import codec
-from infrastructure.eventstore import ConcurrencyConflict, EventStore
+from infrastructure.eventstore import ConcurrencyConflict, EventStore, SideWrite
 
 
 class ItemLost(Exception):
@@ -51,8 +51,11 @@ class ItemHandle:
         """An append is in flight (the stored version may be ahead of `state` for a moment)."""
         return self._lock.locked()
 
-    async def apply(self, *proposed: it.AnyItemEvent) -> it.ItemState:
-        """Decide and append `proposed` (in order, atomically); raise ItemLost on a conflict."""
+    async def apply(
+        self, *proposed: it.AnyItemEvent, side_writes: Sequence[SideWrite] = ()
+    ) -> it.ItemState:
+        """Decide and append `proposed` (in order, atomically, with `side_writes` in the same
+        transaction); raise ItemLost on a conflict."""
         async with self._lock:
             state = self.state
             decided: list[it.AnyItemEvent] = []
@@ -65,7 +68,7 @@ class ItemHandle:
                 decided, {("item", self.state.item_id): self.state.version}, metadata
             )
             try:
-                await self.store.append(appends, recorded_at=self.clock())
+                await self.store.append(appends, recorded_at=self.clock(), side_writes=side_writes)
             except ConcurrencyConflict as exc:
                 raise ItemLost(f"item {self.state.item_id} moved: {exc}") from exc
             self.state = state

@@ -30,6 +30,7 @@ from infrastructure.agents.protocol import (
     redact,
 )
 from infrastructure.clock import iso
+from infrastructure.eventstore import SideWrite
 from infrastructure.sandbox.protocol import Sandbox, SandboxError, SandboxProvider, SandboxSpec
 from infrastructure.tasks import (
     FlagVerification,
@@ -92,6 +93,8 @@ class ItemJob:
         self.secrets_env = secrets_env
         # Set once provisioned, so the watcher can kill it whatever phase is running.
         self.sandbox: Sandbox | None = None
+        # The agent's transcript, waiting for the item's next append (see ItemRunner._record).
+        self.transcript_write: SideWrite | None = None
 
 
 class ItemRunner:
@@ -143,8 +146,11 @@ class ItemRunner:
     async def _phases(self, job: ItemJob) -> None:
         config = job.evaluation.config
         deadline = Deadline(config.task_timeout_sec)
-        handle = job.handle
         redactions = tuple(job.secrets_env.values())
+        # Events that go into the ending's append: the agent's finish when nothing that takes
+        # time follows it (an in-process flag check, or a deadline already passed). One append
+        # instead of two is a commit less per item; agent_result keeps the agent's own timing.
+        prelude: list[it.AnyItemEvent] = []
         ending: it.AnyItemEvent | None = None
         try:
             task = self.catalog.resolve(job.item.task_ref)
@@ -152,21 +158,24 @@ class ItemRunner:
             await self._setup(sandbox, task, deadline)
             outcome = await self._run_agent(job, task, sandbox, deadline, redactions)
             finished = it.ItemAgentFinished(
-                item_id=handle.state.item_id,
+                item_id=job.item.id,
                 evaluation_id=config_id(job),
                 agent_result=outcome.agent_result(job.agent_name),
             )
+            verifying = it.ItemVerifying(item_id=job.item.id, evaluation_id=config_id(job))
             try:
                 deadline.remaining()
             except DeadlinePassed:
-                await handle.apply(finished)
+                prelude = [finished]
                 raise
-            # Verification starts the moment the agent is done: both in one append.
-            await handle.apply(
-                finished,
-                it.ItemVerifying(item_id=handle.state.item_id, evaluation_id=config_id(job)),
-            )
-            passed, result = await self._verify(task, sandbox, outcome, deadline, redactions)
+            verification = task.verification
+            if isinstance(verification, FlagVerification):
+                prelude = [finished, verifying]
+                passed, result = check_flag(verification, outcome, redactions)
+            else:
+                # Verification starts the moment the agent is done: both in one append.
+                await self._record(job, finished, verifying)
+                passed, result = await self._run_checker(task, sandbox, deadline, redactions)
             ending = it.ItemVerdict(
                 item_id=job.item.id, evaluation_id=config_id(job), passed=passed, result=result
             )
@@ -191,8 +200,15 @@ class ItemRunner:
         finally:
             # Clean up before the ending is recorded: once an item has ended, its sandbox is
             # gone (or kept, and the same append says where). Cancellation cleans up too.
-            kept = await self._clean_up(job, ending)
-        await self._end(job, ending, kept)
+            kept = await self._clean_up(job, prelude, ending)
+        await self._end(job, [*prelude, ending, *([kept] if kept else [])])
+
+    async def _record(self, job: ItemJob, *events: it.AnyItemEvent) -> None:
+        """Append the item's next events; the agent's transcript, once there is one, goes into
+        the same transaction (it becomes visible with them, and costs no commit of its own)."""
+        side_writes = [job.transcript_write] if job.transcript_write is not None else []
+        await job.handle.apply(*events, side_writes=side_writes)
+        job.transcript_write = None
 
     # ---- phases ----
 
@@ -235,10 +251,11 @@ class ItemRunner:
         redactions: tuple[str, ...],
     ) -> AgentOutcome:
         session_id = str(uuid.uuid4())
-        await job.handle.apply(
+        await self._record(
+            job,
             it.ItemAgentStarted(
                 item_id=job.item.id, evaluation_id=config_id(job), session_id=session_id
-            )
+            ),
         )
         config = job.evaluation.config
         variables = {**config.task_config, **job.item.variables}
@@ -259,57 +276,44 @@ class ItemRunner:
         except TimeoutError as exc:
             await sandbox.kill_all()
             raise DeadlinePassed() from exc
-        await self.queue.save_transcript(session_id, job.item.id, outcome.transcript)
+        job.transcript_write = self.queue.transcript_write(
+            session_id, job.item.id, outcome.transcript
+        )
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()
         return outcome
 
-    async def _verify(
-        self,
-        task: Task,
-        sandbox: Sandbox,
-        outcome: AgentOutcome,
-        deadline: Deadline,
-        redactions: tuple[str, ...],
+    async def _run_checker(
+        self, task: Task, sandbox: Sandbox, deadline: Deadline, redactions: tuple[str, ...]
     ) -> tuple[bool, dict[str, Any]]:
         verification = task.verification
-        if isinstance(verification, FlagVerification):
-            submitted = outcome.submission or ""
-            passed = verification.matches(submitted)
-            return passed, {
-                "verification": "flag",
-                "submitted": redact(submitted.strip(), redactions)[:OUTPUT_KEPT],
-                "correct": passed,
-            }
-        if isinstance(verification, ScriptVerification):
-            checker = task.bundle_dir / verification.script
-            await sandbox.put_file(verification.script, checker.read_bytes(), 0o755)
-            result = await sandbox.run(
-                f"bash {verification.script}",
-                timeout_sec=min(deadline.remaining(), CHECKER_MAX_SECONDS),
+        if not isinstance(verification, ScriptVerification):
+            raise CheckerBroke(f"task {task.ref} has no verification config")
+        checker = task.bundle_dir / verification.script
+        await sandbox.put_file(verification.script, checker.read_bytes(), 0o755)
+        result = await sandbox.run(
+            f"bash {verification.script}",
+            timeout_sec=min(deadline.remaining(), CHECKER_MAX_SECONDS),
+        )
+        output = redact(result.stdout, redactions)[-OUTPUT_KEPT:]
+        if result.timed_out:
+            deadline.remaining()
+            raise CheckerBroke("checker did not finish in time")
+        if result.exit_code not in (0, 1):
+            raise CheckerBroke(
+                f"checker exited {result.exit_code}: {redact(result.stderr, redactions)[-500:]}"
             )
-            output = redact(result.stdout, redactions)[-OUTPUT_KEPT:]
-            if result.timed_out:
-                deadline.remaining()
-                raise CheckerBroke("checker did not finish in time")
-            if result.exit_code not in (0, 1):
-                raise CheckerBroke(
-                    f"checker exited {result.exit_code}: {redact(result.stderr, redactions)[-500:]}"
-                )
-            return result.exit_code == 0, {
-                "verification": "script",
-                "exit_code": result.exit_code,
-                "output": output,
-            }
-        raise CheckerBroke(f"task {task.ref} has no verification config")
+        return result.exit_code == 0, {
+            "verification": "script",
+            "exit_code": result.exit_code,
+            "output": output,
+        }
 
     # ---- endings ----
 
-    async def _end(
-        self, job: ItemJob, ending: it.AnyItemEvent, kept: it.ItemSandboxKept | None
-    ) -> None:
+    async def _end(self, job: ItemJob, events: list[it.AnyItemEvent]) -> None:
         try:
-            await job.handle.apply(ending, *([kept] if kept else []))
+            await self._record(job, *events)
         except ItemLost as exc:
             log.info("item_lost", item_id=job.item.id, reason=str(exc))
 
@@ -325,15 +329,19 @@ class ItemRunner:
         )
 
     async def _clean_up(
-        self, job: ItemJob, ending: it.AnyItemEvent | None
+        self, job: ItemJob, prelude: list[it.AnyItemEvent], ending: it.AnyItemEvent | None
     ) -> it.ItemSandboxKept | None:
         """Destroy the sandbox, or keep it (cleanup_policy on_success, the item ending without
-        a pass) and return the event that records where."""
+        a pass) and return the event that records where. `prelude` is what the ending's append
+        records before it."""
         sandbox = job.sandbox
         if sandbox is None:
             return None
         state = job.handle.state
-        final = ending is not None and it.status_after(state.status, ending) in it.TERMINAL
+        status = state.status
+        for event in prelude:
+            status = it.status_after(status, event)
+        final = ending is not None and it.status_after(status, ending) in it.TERMINAL
         if isinstance(ending, it.ItemInfraFailed) and state.retry_count < state.max_retries:
             final = False  # it will be retried, in a fresh sandbox
         passed = isinstance(ending, it.ItemVerdict) and ending.passed
@@ -348,6 +356,18 @@ class ItemRunner:
         except SandboxError as exc:
             log.warning("sandbox_cleanup_failed", item_id=job.item.id, error=str(exc))
         return None
+
+
+def check_flag(
+    verification: FlagVerification, outcome: AgentOutcome, redactions: tuple[str, ...]
+) -> tuple[bool, dict[str, Any]]:
+    submitted = outcome.submission or ""
+    passed = verification.matches(submitted)
+    return passed, {
+        "verification": "flag",
+        "submitted": redact(submitted.strip(), redactions)[:OUTPUT_KEPT],
+        "correct": passed,
+    }
 
 
 def config_id(job: ItemJob) -> str:

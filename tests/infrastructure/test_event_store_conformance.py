@@ -23,6 +23,7 @@ from domain import evaluation as ev
 from infrastructure import codec
 from infrastructure.db.append_only import APPEND_ONLY_MESSAGE
 from infrastructure.db.engine import create_engine
+from infrastructure.db.execution_tables import workers
 from infrastructure.eventstore import (
     ConcurrencyConflict,
     EventStore,
@@ -193,6 +194,71 @@ async def test_append_at_wrong_expected_version_raises_conflict_and_writes_nothi
     # The stream still accepts an append at its real version.
     ok = await store.append([stream(sid, [make_event(10)], expected=existing)], recorded_at=LATER)
     assert [r.stream_version for r in ok] == [existing + 1]
+
+
+# ---- side writes (rows outside the log that commit with a unit's events) ----
+
+
+def worker_row_write(worker_id: str, *, fail: bool = False) -> Any:
+    async def write(conn: Any) -> None:
+        await conn.execute(
+            workers.insert(),
+            [
+                {
+                    "id": worker_id,
+                    "hostname": "h",
+                    "pid": 1,
+                    "slots": 1,
+                    "started_at": AT,
+                    "heartbeat_at": AT,
+                }
+            ],
+        )
+        if fail:
+            raise RuntimeError("side write broke")
+
+    return write
+
+
+async def worker_ids(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(sa.select(workers.c.id))).scalars())
+
+
+async def test_side_writes_commit_with_their_units_events_and_fail_alone(
+    engine: AsyncEngine,
+) -> None:
+    store = EventStore(engine)
+    good, bad = new_id(), new_id()
+    # Both units wait in one batch; the failing one is retried alone and takes nothing with it.
+    results = await asyncio.gather(
+        store.append(
+            [stream(good, [make_event(1)])], recorded_at=AT, side_writes=[worker_row_write("w1")]
+        ),
+        store.append(
+            [stream(bad, [make_event(2)])],
+            recorded_at=AT,
+            side_writes=[worker_row_write("w2", fail=True)],
+        ),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[1], RuntimeError)
+    assert [r.stream_id for r in await store.read_all()] == [good]
+    assert await worker_ids(engine) == {"w1"}
+
+
+async def test_a_conflicting_append_does_not_run_its_side_writes(engine: AsyncEngine) -> None:
+    store = EventStore(engine)
+    sid = new_id()
+    await store.append([stream(sid, [make_event(1)])], recorded_at=AT)
+
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(
+            [stream(sid, [make_event(2)])], recorded_at=AT, side_writes=[worker_row_write("w3")]
+        )
+
+    assert await worker_ids(engine) == set()
 
 
 async def test_multi_stream_append_with_one_wrong_version_writes_nothing_at_all(

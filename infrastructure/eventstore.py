@@ -9,23 +9,29 @@ fails is retried one unit per transaction, so one unit's conflict never fails it
 Global order equals commit order: on SQLite every append transaction is BEGIN IMMEDIATE (one
 writer at a time); on PostgreSQL it first takes one transaction-scoped advisory lock, so a
 position is never visible before a smaller one commits.
+
+The transaction body is synchronous code on a SQLAlchemy `Connection`: on a SQLite file it
+runs whole on the store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL
+through `AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
-from infrastructure.db.engine import write_transaction
+from infrastructure.db.engine import create_sqlite_sync_engine, write_transaction
+from infrastructure.db.sqlite_writer import SQLiteWriter
 from infrastructure.db.store_tables import events
 
 log = structlog.get_logger("assay.eventstore")
@@ -73,13 +79,13 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Runs inside the append transaction with the events just inserted (inline projections).
-InTransaction = Callable[[AsyncConnection, list[RecordedEvent]], Awaitable[None]]
+InTransaction = Callable[[Connection, list[RecordedEvent]], None]
 # Runs after a batch committed, with its events (caches); it must not raise.
 AfterCommit = Callable[[list[RecordedEvent]], None]
 # A unit's own rows outside the log (an agent's transcript): written in the unit's transaction,
 # so they become visible with its events and share its group commit instead of taking the
 # database's write lock on their own.
-SideWrite = Callable[[AsyncConnection], Awaitable[None]]
+SideWrite = Callable[[Connection], None]
 
 
 class _Unit:
@@ -158,6 +164,8 @@ class EventStore:
         self._after_commit = after_commit
         self._pending: list[_Unit] = []
         self._drain_task: asyncio.Task[None] | None = None
+        sync_engine = create_sqlite_sync_engine(engine)
+        self._writer = SQLiteWriter(sync_engine) if sync_engine is not None else None
 
     # ---- writing ----
 
@@ -186,6 +194,8 @@ class EventStore:
     async def close(self) -> None:
         if self._drain_task is not None:
             await asyncio.gather(self._drain_task, return_exceptions=True)
+        if self._writer is not None:
+            await self._writer.close()
 
     async def _drain(self) -> None:
         while self._pending:
@@ -214,15 +224,11 @@ class EventStore:
             await self._settle_failure(unit, exc)
 
     async def _commit(self, batch: list[_Unit]) -> None:
-        async with self.append_transaction() as conn:
-            recorded = await self.insert(
-                conn, [(append, unit.recorded_at) for unit in batch for append in unit.appends]
-            )
-            if self._in_transaction is not None and recorded:
-                await self._in_transaction(conn, recorded)
-            for unit in batch:
-                for write in unit.side_writes:
-                    await write(conn)
+        if self._writer is not None:
+            recorded = await self._writer.transaction(lambda conn: self._write_batch(conn, batch))
+        else:
+            async with self.append_transaction() as conn:
+                recorded = await conn.run_sync(self._write_batch, batch)
         self.committed(recorded)
         cursor = 0
         for unit in batch:
@@ -230,8 +236,21 @@ class EventStore:
             unit.future.set_result(recorded[cursor : cursor + count])
             cursor += count
 
-    async def insert(
-        self, conn: AsyncConnection, appends: Sequence[tuple[StreamAppend, str]]
+    def _write_batch(self, conn: Connection, batch: list[_Unit]) -> list[RecordedEvent]:
+        """The body of an append transaction: events, inline projections, side writes."""
+        recorded = self.insert(
+            conn, [(append, unit.recorded_at) for unit in batch for append in unit.appends]
+        )
+        if self._in_transaction is not None and recorded:
+            self._in_transaction(conn, recorded)
+        for unit in batch:
+            for write in unit.side_writes:
+                write(conn)
+        return recorded
+
+    @staticmethod
+    def insert(
+        conn: Connection, appends: Sequence[tuple[StreamAppend, str]]
     ) -> list[RecordedEvent]:
         """Insert events inside a transaction of `append_transaction` (no projection)."""
         rows: list[dict[str, Any]] = [
@@ -251,7 +270,7 @@ class EventStore:
         ]
         if not rows:
             return []
-        result = await conn.execute(_INSERT, rows)
+        result = conn.execute(_INSERT, rows)
         return [
             RecordedEvent(position=position, **row)
             for row, (position,) in zip(rows, result.all(), strict=True)
@@ -268,7 +287,8 @@ class EventStore:
 
     @asynccontextmanager
     async def append_transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction that no append can interleave with (it holds the append lock)."""
+        """A write transaction that no append can interleave with (it holds the append lock).
+        Synchronous bodies (`insert`, projections) run in it through `conn.run_sync`."""
         async with write_transaction(self.engine) as conn:
             if self._is_postgres:
                 await conn.execute(_PG_LOCK)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from domain import evaluation as ev
 from domain import item as it
@@ -122,7 +122,9 @@ class Projector:
     def __init__(self, evaluation_table: sa.Table = evaluations, item_table: sa.Table = items):
         self._sql = _Statements(evaluation_table, item_table)
 
-    async def __call__(self, conn: AsyncConnection, recorded: list[RecordedEvent]) -> None:
+    def __call__(self, conn: Connection, recorded: list[RecordedEvent]) -> None:
+        """Synchronous, as every append transaction body is (see infrastructure.eventstore);
+        from async code: `await conn.run_sync(projector, recorded)`."""
         recorded = [r for r in recorded if r.stream_type in codec.DOMAIN_STREAMS]
         decoded = [codec.decode(r) for r in recorded]
         created_evaluations = {
@@ -136,14 +138,12 @@ class Projector:
 
         views = Views()
         if touched_evaluations:
-            result = await conn.execute(
-                self._sql.load_evaluations, {"ids": sorted(touched_evaluations)}
-            )
+            result = conn.execute(self._sql.load_evaluations, {"ids": sorted(touched_evaluations)})
             for (doc,) in result.all():
                 view = decode_evaluation(doc)
                 views.evaluations[view.id] = view
         if touched_items:
-            result = await conn.execute(self._sql.load_items, {"ids": sorted(touched_items)})
+            result = conn.execute(self._sql.load_items, {"ids": sorted(touched_items)})
             for (doc,) in result.all():
                 item_view = decode_item(doc)
                 views.items[item_view.id] = item_view
@@ -160,7 +160,7 @@ class Projector:
             if now_in_flight > max(view.config.concurrency, in_flight_before.get(evaluation_id, 0)):
                 raise CapacityExceeded(f"evaluation {evaluation_id} is at its concurrency")
 
-        await self._write(
+        self._write(
             conn,
             [
                 evaluation_row(v)
@@ -172,9 +172,9 @@ class Projector:
             [item_row(v) for k, v in views.items.items() if k in existing_items],
         )
 
-    async def _write(
+    def _write(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         new_evaluations: list[dict[str, Any]],
         changed_evaluations: list[dict[str, Any]],
         new_items: list[dict[str, Any]],
@@ -182,15 +182,13 @@ class Projector:
     ) -> None:
         sql = self._sql
         if new_evaluations:
-            await conn.execute(sql.insert_evaluation, new_evaluations)
+            conn.execute(sql.insert_evaluation, new_evaluations)
         if changed_evaluations:
-            await conn.execute(
+            conn.execute(
                 sql.update_evaluation,
                 [_prefixed(r, _EVALUATION_UPDATE_KEYS) for r in changed_evaluations],
             )
         if new_items:
-            await conn.execute(sql.insert_item, new_items)
+            conn.execute(sql.insert_item, new_items)
         if changed_items:
-            await conn.execute(
-                sql.update_item, [_prefixed(r, _ITEM_UPDATE_KEYS) for r in changed_items]
-            )
+            conn.execute(sql.update_item, [_prefixed(r, _ITEM_UPDATE_KEYS) for r in changed_items])

@@ -56,7 +56,7 @@ async def _fold_into_scratch(
         if not page:
             return position
         async with write_transaction(store.engine) as conn:
-            await projector(conn, page)
+            await conn.run_sync(projector, page)
         position = page[-1].position
         if progress is not None:
             progress(position, max(total, position))
@@ -70,7 +70,7 @@ async def _catch_up(
         page = await store.read_all(after_position=position, limit=PAGE)
         if not page:
             return position
-        await projector(conn, page)
+        await conn.run_sync(projector, page)
         position = page[-1].position
 
 
@@ -120,7 +120,7 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
                 else:
                     differences += await _compare(conn, live, rebuilt)
             if swap:
-                recorded = await store.insert(conn, [(_rebuilt_event(through), utc_now())])
+                recorded = await conn.run_sync(store.insert, [(_rebuilt_event(through), utc_now())])
         store.committed(recorded)
         return differences
     finally:

@@ -8,7 +8,8 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.item import IN_FLIGHT
 from domain.projections import EvaluationView, ItemView
@@ -136,8 +137,8 @@ class WorkQueue:
             for m in messages
         ]
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(_INSERT_TRANSCRIPT, rows)
+        def write(conn: Connection) -> None:
+            conn.execute(_INSERT_TRANSCRIPT, rows)
 
         return write
 

@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -22,17 +24,29 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs."""
     if is_sqlite_url(url):
         engine = create_async_engine(url, poolclass=NullPool if ":memory:" in url else None)
-        _tune_sqlite(engine)
+        _tune_sqlite(engine.sync_engine)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def create_sqlite_sync_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous (stdlib sqlite3) engine on the same SQLite file as `engine`, tuned the
+    same way; None for PostgreSQL and for in-memory databases (another connection would see
+    another database)."""
+    url = engine.url
+    if engine.dialect.name != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    sync = sa.create_engine(url.set(drivername="sqlite"))
+    _tune_sqlite(sync)
+    return sync
+
+
+def _tune_sqlite(engine: Engine) -> None:
     # WAL lets readers run beside the one writer; `isolation_level=None` hands transaction
     # control to us so every append can open with BEGIN IMMEDIATE (commit order == position order).
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
@@ -42,7 +56,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Writers take the database lock up front. Readers open no transaction at all: each
         # read is one statement, and skipping BEGIN saves a hop to aiosqlite's thread.

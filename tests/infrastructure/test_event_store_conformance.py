@@ -200,8 +200,8 @@ async def test_append_at_wrong_expected_version_raises_conflict_and_writes_nothi
 
 
 def worker_row_write(worker_id: str, *, fail: bool = False) -> Any:
-    async def write(conn: Any) -> None:
-        await conn.execute(
+    def write(conn: Any) -> None:
+        conn.execute(
             workers.insert(),
             [
                 {

@@ -1,12 +1,15 @@
 """Benchmark the execution engine: items/s and the service's own overhead per item.
 
     .venv/bin/python scripts/bench_worker.py [--backend sqlite|postgresql|both] [--items N]
-        [--quick] [--concurrency 1,8,32] [--profile C] [--keep]
+        [--quick] [--concurrency 1,8,32] [--profile C] [--agent-seconds S] [--keep]
 
 For each backend and each concurrency C it creates one evaluation of N items (default 1,000;
 --quick: 100) of a trivial task (flag verification, no setup) with the `nop` agent, and runs
 it with an in-process WorkerPool of C slots (what `assay worker --slots C` runs), on a freshly
-migrated database. Every figure comes from the event log of that evaluation:
+migrated database. With --agent-seconds S the `oracle` agent runs instead, and the task's
+solution sleeps S seconds in the sandbox before printing the flag: items then arrive at the
+service spread out, as real agents' do, instead of all at once (e.g. `--agent-seconds 0.5
+--concurrency 32 --items 320`). Every figure comes from the event log of that evaluation:
 
 - wall: first item.claimed to last terminal event (recorded_at);
 - items/s = N / wall;
@@ -80,6 +83,8 @@ from infrastructure.settings import Settings  # noqa: E402
 TARGET_MS = 20.0
 TARGET_CONCURRENCY = 32
 TASK = "bench-nop"
+# --agent-seconds: the oracle agent runs this task's solution, which sleeps, then prints the flag.
+SLEEP_TASK = "bench-sleep"
 FLAG = "FLAG{bench}"
 TERMINAL_TYPES = frozenset({"item.verdict", "item.timed_out", "item.cancelled", "item.errored"})
 PHASES = [
@@ -234,16 +239,21 @@ class PgDatabase:
         await self._exec(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def write_task(root: Path) -> Path:
-    bundle = root / "tasks" / TASK
-    bundle.mkdir(parents=True)
-    (bundle / "task.yaml").write_text(
-        f"name: {TASK}\n"
-        'version: "1.0.0"\n'
-        "instruction: Submit the flag.\n"
-        f'verification:\n  type: flag\n  flag: "{FLAG}"\n'
+def write_task(root: Path, agent_seconds: float) -> Path:
+    for name in (TASK, SLEEP_TASK):
+        bundle = root / "tasks" / name
+        bundle.mkdir(parents=True)
+        (bundle / "task.yaml").write_text(
+            f"name: {name}\n"
+            'version: "1.0.0"\n'
+            "instruction: Submit the flag.\n"
+            f'verification:\n  type: flag\n  flag: "{FLAG}"\n'
+        )
+    # A bundle with a solution.sh has it as its reference solution.
+    (root / "tasks" / SLEEP_TASK / "solution.sh").write_text(
+        f"sleep {agent_seconds}\necho '{FLAG}'\n"
     )
-    return bundle.parent
+    return root / "tasks"
 
 
 class Probes:
@@ -301,6 +311,7 @@ async def run_one(
     concurrency: int,
     count: int,
     profiler: cProfile.Profile | None = None,
+    agent_seconds: float = 0.0,
 ) -> Result:
     pool = container.worker_pool(concurrency)
     await pool.start()
@@ -312,8 +323,8 @@ async def run_one(
             CreateEvaluationRequest(
                 name=f"bench-c{concurrency}",
                 model="bench",
-                agent_type="nop",
-                task_names=[TASK] * count,
+                agent_type="oracle" if agent_seconds else "nop",
+                task_names=[SLEEP_TASK if agent_seconds else TASK] * count,
                 concurrency=concurrency,
             ),
         )
@@ -365,7 +376,7 @@ async def bench_backend(
             workers=0,
             rate_limit=0,
             secret_key=Fernet.generate_key().decode(),
-            task_paths=(str(write_task(workdir)),),
+            task_paths=(str(write_task(workdir, args.agent_seconds)),),
             sandbox_root=str(workdir / "sandboxes"),
             log_level="WARNING",
         )
@@ -385,7 +396,9 @@ async def bench_backend(
             for concurrency in args.concurrency:
                 profiler = cProfile.Profile() if concurrency == args.profile else None
                 progress(f"{backend}: {args.items} items at concurrency {concurrency}")
-                result = await run_one(container, ctx, backend, concurrency, args.items, profiler)
+                result = await run_one(
+                    container, ctx, backend, concurrency, args.items, profiler, args.agent_seconds
+                )
                 results.append(result)
                 progress(
                     f"{backend} c={concurrency}: {result.rate:.1f} items/s, "
@@ -419,9 +432,15 @@ def profile_report(profiler: cProfile.Profile, backend: str, concurrency: int) -
 # --------------------------------------------------------------------------------------------
 
 
+def agent_label(args: argparse.Namespace) -> str:
+    if args.agent_seconds:
+        return f"oracle agent sleeping {args.agent_seconds:g} s in the sandbox"
+    return "nop agent"
+
+
 def print_results(results: list[Result], args: argparse.Namespace) -> None:
     print(
-        f"\n## Worker engine, {args.items} items per run, nop agent, flag task "
+        f"\n## Worker engine, {args.items} items per run, {agent_label(args)}, flag task "
         f"(python {platform.python_version()}, {os.cpu_count()} cores)\n"
     )
     print(
@@ -465,7 +484,11 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         cells = " | ".join(f"{r.probes.get(k, 0):.1f}" for k in keys)
         print(f"| {r.backend} | {r.concurrency} | {cells} |")
-    print("\nOutcomes (nop must fail every item):")
+    print(
+        "\nOutcomes (the oracle must pass every item):"
+        if args.agent_seconds
+        else "\nOutcomes (nop must fail every item):"
+    )
     for r in results:
         print(
             f"  {r.backend} c={r.concurrency}: {r.statuses}, infra retries {r.retries}, "
@@ -486,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--profile", type=int, default=None, help="run this concurrency under cProfile"
+    )
+    parser.add_argument(
+        "--agent-seconds",
+        type=float,
+        default=0.0,
+        help="instead of nop, the oracle agent running a solution that sleeps this long "
+        "(items do not all queue on the service at once, as with real agents)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)

@@ -44,7 +44,11 @@ def _with_progress(
                 def report(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                return await run(EventStore(engine), report)
+                store = EventStore(engine)
+                try:
+                    return await run(store, report)
+                finally:
+                    await store.close()
         finally:
             await engine.dispose()
 

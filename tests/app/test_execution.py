@@ -209,6 +209,15 @@ def test_oracle_passes_every_shipped_task_through_every_phase(service: Start) ->
         assert result["error"] is None
 
         assert item_event_types(engine, created["id"], item["id"]) == list(HAPPY_PATH)
+        # Transitions with nothing timed between them share an append: for a flag task the
+        # verdict lands with the agent's finish; a checker script gets an append of its own.
+        appended_at = {
+            e["type"]: e["recorded_at"] for e in engine.item_events(created["id"], item["id"])
+        }
+        finish = {appended_at[t] for t in ("item.agent_finished", "item.verifying")}
+        assert len(finish) == 1
+        flag_task = item["task_name_snapshot"] in SHIPPED_FLAGS
+        assert (appended_at["item.verdict"] in finish) is flag_task
 
         transcript = engine.transcript(created["id"], item["id"])
         assert transcript.status_code == 200, transcript.text

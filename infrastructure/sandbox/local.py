@@ -303,16 +303,51 @@ def _stop_and_kill(
 
 
 async def _wait_gone(pids: Iterable[int], timeout: float) -> bool:
-    """Poll until none of `pids` is alive (zombies count as gone); False on timeout."""
-    pending = set(pids)
+    """Wait until none of `pids` is alive (zombies count as gone); False on timeout.
+
+    A pidfd becomes readable the moment its process exits, so a killed sandbox is known gone
+    at once rather than at the next poll (polling every 20 ms cost each item ~20 ms of
+    teardown). Pids no pidfd can be had for (kernels before 5.3) are polled."""
+    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout
-    while True:
-        pending = {pid for pid in pending if _alive(_read_stat(pid))}
-        if not pending:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
+    fds: list[int] = []
+    exits: list[asyncio.Future[None]] = []
+    polled: set[int] = set()
+    try:
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # gone and reaped already
+            except OSError:
+                polled.add(pid)
+                continue
+            fds.append(fd)
+            exited: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _exited, loop, fd, exited)
+            exits.append(exited)
+        if exits:
+            _, pending = await asyncio.wait(exits, timeout=timeout)
+            if pending:
+                return False
+        while polled:
+            polled = {pid for pid in polled if _alive(_read_stat(pid))}
+            if not polled:
+                break
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def _exited(loop: asyncio.AbstractEventLoop, fd: int, exited: asyncio.Future[None]) -> None:
+    loop.remove_reader(fd)  # a readable pidfd stays readable: one call is enough
+    if not exited.done():
+        exited.set_result(None)
 
 
 # ---------------------------------------------------------------------------------------------

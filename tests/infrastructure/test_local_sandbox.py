@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from infrastructure.sandbox import local
 from infrastructure.sandbox.local import (
     LocalSandbox,
     LocalSandboxProvider,
@@ -546,3 +547,30 @@ def test_registry_refuses_a_second_provider_of_the_same_name_unless_replacing(
     registry.register(replacement, replace=True)
     assert registry.get("local") is replacement
     assert registry.names() == ["local"]
+
+
+# ---- waiting for killed processes ----
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polling"])
+async def test_waiting_for_a_killed_process_returns_once_it_exits_and_times_out_while_it_lives(
+    pidfd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pidfd:
+
+        def no_pidfd(pid: int) -> int:
+            raise OSError("pidfd_open is not available")
+
+        monkeypatch.setattr(local.os, "pidfd_open", no_pidfd)
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert await local._wait_gone([proc.pid], 0.3) is False  # alive: waits it out
+
+        proc.kill()
+        # Not reaped yet: a zombie counts as gone.
+        assert await local._wait_gone([proc.pid], 5.0) is True
+    finally:
+        proc.kill()
+        proc.wait()
+    # Reaped: the pid is gone altogether.
+    assert await local._wait_gone([proc.pid], 1.0) is True

@@ -130,6 +130,7 @@ class Result:
     p99_ms: float
     overhead_ms: float
     in_service_ms: float
+    in_service_p50_ms: float
     slot_ms: float
     cpu_ms: float
     events: int
@@ -179,7 +180,12 @@ def analyse(backend: str, concurrency: int, records: Iterable[Any], cpu_seconds:
         return (t.first[b] - t.first[a]) * 1000 if a in t.first and b in t.first else 0.0
 
     # The agent's own time, and the checker's when it ran as a step of its own.
-    inside_ms = sum(t.agent_ms + span(t, "item.verifying", "item.verdict") for t in ended)
+    inside = [t.agent_ms + span(t, "item.verifying", "item.verdict") for t in ended]
+    inside_ms = sum(inside)
+    in_service = [
+        ((t.terminal or 0.0) - t.first["item.claimed"]) * 1000 - own
+        for t, own in zip(ended, inside, strict=True)
+    ]
     phases = {
         label: statistics.fmean([span(t, a, b) for t in ended if a in t.first and b in t.first])
         for a, b, label in PHASES
@@ -195,7 +201,8 @@ def analyse(backend: str, concurrency: int, records: Iterable[Any], cpu_seconds:
         p50_ms=percentile(latencies, 0.5),
         p99_ms=percentile(latencies, 0.99),
         overhead_ms=(wall * 1000 - inside_ms / concurrency) / n,
-        in_service_ms=(sum(latencies) - inside_ms) / n,
+        in_service_ms=statistics.fmean(in_service),
+        in_service_p50_ms=percentile(in_service, 0.5),
         slot_ms=(wall * 1000 * concurrency - inside_ms) / n,
         cpu_ms=cpu_seconds * 1000 / n,
         events=count,
@@ -445,7 +452,7 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
     )
     print(
         "| backend | concurrency | items/s | overhead ms/item "
-        f"| target (<{TARGET_MS:.0f} ms at c={TARGET_CONCURRENCY}) | in-service ms/item "
+        f"| target (<{TARGET_MS:.0f} ms at c={TARGET_CONCURRENCY}) | in-service ms/item (p50) "
         "| slot ms/item | p50 latency | p99 latency | CPU ms/item | mean in flight |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -460,7 +467,8 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
             verdict = "n/a"
         print(
             f"| {r.backend} | {r.concurrency} | {r.rate:.1f} | {r.overhead_ms:.2f} | {verdict} "
-            f"| {r.in_service_ms:.1f} | {r.slot_ms:.1f} | {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms "
+            f"| {r.in_service_ms:.1f} ({r.in_service_p50_ms:.1f}) | {r.slot_ms:.1f} "
+            f"| {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms "
             f"| {r.cpu_ms:.2f} | {r.mean_in_flight:.1f} |"
         )
     print(

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -574,3 +575,28 @@ async def test_waiting_for_a_killed_process_returns_once_it_exits_and_times_out_
         proc.wait()
     # Reaped: the pid is gone altogether.
     assert await local._wait_gone([proc.pid], 1.0) is True
+
+
+@pytest.mark.parametrize("children_file", [True, False], ids=["children-file", "proc-scan"])
+def test_the_child_of_a_process_is_found_with_or_without_the_kernels_children_file(
+    children_file: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not children_file:
+        real_open = open
+
+        def no_children_file(path: str, *args: Any, **kwargs: Any) -> Any:
+            if str(path).endswith("/children"):
+                raise FileNotFoundError("no /proc/<pid>/task/<pid>/children on this kernel")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(local, "open", no_children_file, raising=False)
+    parent = subprocess.Popen(["bash", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert local._child_of(parent.pid) == child
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
+        parent.kill()
+        parent.wait()
+    assert local._child_of(parent.pid) is None

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -42,6 +42,7 @@ from infrastructure.tasks import (
 from infrastructure.work_queue import WorkQueue
 
 log = structlog.get_logger("assay.worker")
+T = TypeVar("T")
 
 CANCEL_POLL_SECONDS = 0.5
 CHECKER_MAX_SECONDS = 300.0
@@ -199,8 +200,10 @@ class ItemRunner:
             ending = self._infra_failure(job, f"worker error: {type(exc).__name__}")
         finally:
             # Clean up before the ending is recorded: once an item has ended, its sandbox is
-            # gone (or kept, and the same append says where). Cancellation cleans up too.
-            kept = await self._clean_up(job, prelude, ending)
+            # gone (or kept, and the same append says where). Cancellation cleans up too, and
+            # a cancellation that arrives during the clean-up (the watcher found the item
+            # cancelled while the runner was already ending it) does not cut it short.
+            kept = await run_to_completion(self._clean_up(job, prelude, ending))
         await self._end(job, [*prelude, ending, *([kept] if kept else [])])
 
     async def _record(self, job: ItemJob, *events: it.AnyItemEvent) -> None:
@@ -368,6 +371,24 @@ def check_flag(
         "submitted": redact(submitted.strip(), redactions)[:OUTPUT_KEPT],
         "correct": passed,
     }
+
+
+async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` to its end even if the caller is cancelled meanwhile; the cancellation is
+    raised once it is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the work itself was cancelled
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+    return result
 
 
 def config_id(job: ItemJob) -> str:

@@ -955,10 +955,16 @@ class LocalSandbox:
         killed |= _terminate_recorded(self._meta)
         if self._holder is not None:
             holder, self._holder = self._holder, None
-            with contextlib.suppress(ProcessLookupError):
-                holder.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(holder.wait(), KILL_WAIT_SEC)
+            # With its init dead the holder exits by itself. It is signalled only if it does
+            # not: Popen.kill() first polls, and a poll that reaps the exited holder under
+            # asyncio's child watcher makes it log "Unknown child process".
+            try:
+                await asyncio.wait_for(asyncio.shield(holder.wait()), KILL_WAIT_SEC / 2)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    holder.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(holder.wait(), KILL_WAIT_SEC / 2)
         await _wait_gone(killed, KILL_WAIT_SEC)
 
     async def keep(self) -> None:

@@ -74,10 +74,15 @@ def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Start]
         yield start
 
 
-def heartbeat_loop(path: Path) -> str:
-    """Bash that writes the wall-clock time to `path` every 50 ms, forever."""
-    beat = f"date +%s.%N > '{path}.tmp' && mv -f '{path}.tmp' '{path}'"
-    return f"while true; do {beat}; sleep 0.05; done"
+def heartbeat_loop(path: Path | str, seconds: int | None = None) -> str:
+    """Bash that writes the wall-clock time to `path` every 50 ms, forever or for `seconds`
+    (a loop the test fails to stop then ends by itself). A str `path` is a shell word, such as
+    '"$hb"' for a file named at run time."""
+    target = f"'{path}'" if isinstance(path, Path) else path
+    beat = f"date +%s.%N > {target}.tmp && mv -f {target}.tmp {target}"
+    if seconds is None:
+        return f"while true; do {beat}; sleep 0.05; done"
+    return f"end=$((SECONDS + {seconds})); while [ $SECONDS -lt $end ]; do {beat}; sleep 0.05; done"
 
 
 def read_beat(path: Path) -> float | None:
@@ -407,11 +412,7 @@ def test_cancel_kills_the_running_sandbox_and_cancels_queued_siblings(
         bundles,
         "long-haul",
         solution=f"""
-            end=$((SECONDS + 60))
-            while [ $SECONDS -lt $end ]; do
-                date +%s.%N > '{heartbeat}.tmp' && mv -f '{heartbeat}.tmp' '{heartbeat}'
-                sleep 0.05
-            done
+            {heartbeat_loop(heartbeat, seconds=60)}
             echo 'FLAG{{ok}}'
         """,
     )
@@ -465,13 +466,7 @@ def test_cancel_during_setup_kills_the_sandbox_too(
     write_bundle(
         bundles,
         "slow-setup",
-        setup=f"""
-            end=$((SECONDS + 60))
-            while [ $SECONDS -lt $end ]; do
-                date +%s.%N > '{heartbeat}.tmp' && mv -f '{heartbeat}.tmp' '{heartbeat}'
-                sleep 0.05
-            done
-        """,
+        setup=heartbeat_loop(heartbeat, seconds=60),
         solution="echo 'FLAG{ok}'",
     )
     engine = service()
@@ -504,11 +499,7 @@ def test_a_cancelled_run_stops_even_when_its_item_is_requeued_at_once(
         "per-run-beat",
         solution=f"""
             hb=$(mktemp -p '{beats}' run.XXXXXX)
-            end=$((SECONDS + 10))
-            while [ $SECONDS -lt $end ]; do
-                date +%s.%N > "$hb.tmp" && mv -f "$hb.tmp" "$hb"
-                sleep 0.05
-            done
+            {heartbeat_loop('"$hb"', seconds=10)}
             echo 'FLAG{{ok}}'
         """,
     )

@@ -75,28 +75,17 @@ class _Statements:
         self.load_items = sa.select(i.c.doc).where(i.c.id.in_(sa.bindparam("ids", expanding=True)))
         self.insert_evaluation = e.insert()
         self.insert_item = i.insert()
-        self.update_evaluation = (
-            e.update()
-            .where(e.c.id == sa.bindparam("b_id"))
-            .values(
-                {
-                    c.name: sa.bindparam(f"b_{c.name}")
-                    for c in e.columns
-                    if c.name in _EVALUATION_UPDATE_KEYS and c.name != "id"
-                }
-            )
-        )
-        self.update_item = (
-            i.update()
-            .where(i.c.id == sa.bindparam("b_id"))
-            .values(
-                {
-                    c.name: sa.bindparam(f"b_{c.name}")
-                    for c in i.columns
-                    if c.name in _ITEM_UPDATE_KEYS and c.name != "id"
-                }
-            )
-        )
+        self.update_evaluation = _update_by_id(e, _EVALUATION_UPDATE_KEYS)
+        self.update_item = _update_by_id(i, _ITEM_UPDATE_KEYS)
+
+
+def _update_by_id(table: sa.Table, keys: Sequence[str]) -> sa.Update:
+    """UPDATE of `keys` WHERE id matches, bound as b_<column> (executemany over `_prefixed`)."""
+    return (
+        table.update()
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values({k: sa.bindparam(f"b_{k}") for k in keys if k != "id"})
+    )
 
 
 def _prefixed(row: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:

@@ -31,7 +31,13 @@ from infrastructure.agents.protocol import (
 )
 from infrastructure.clock import iso
 from infrastructure.eventstore import SideWrite
-from infrastructure.sandbox.protocol import Sandbox, SandboxError, SandboxProvider, SandboxSpec
+from infrastructure.sandbox.protocol import (
+    EgressPolicy,
+    Sandbox,
+    SandboxError,
+    SandboxProvider,
+    SandboxSpec,
+)
 from infrastructure.tasks import (
     FlagVerification,
     ScriptVerification,
@@ -219,7 +225,7 @@ class ItemRunner:
         spec = SandboxSpec(
             item_id=job.item.id,
             worker_id=job.handle.worker_id,
-            network=task.network,
+            egress=EgressPolicy(("*",)) if task.network else None,
             env=dict(job.secrets_env),
         )
         sandbox = await job.provider.provision(spec)

@@ -671,7 +671,7 @@ class LocalSandbox:
         self._meta = meta
         self._meta_path = meta_path
         self._dir = Path(meta.path)
-        self._ns = self._iso.for_sandbox(spec.network)
+        self._ns = self._iso.for_sandbox(spec.egress is not None)
         self._pid_ns = self._ns.pid
         self._holder: asyncio.subprocess.Process | None = None
         self._holder_lock = asyncio.Lock()

@@ -28,7 +28,7 @@ from infrastructure.sandbox.local import (
     SandboxFileNotFound,
     probe_isolation,
 )
-from infrastructure.sandbox.protocol import SandboxError, SandboxProvider, SandboxSpec
+from infrastructure.sandbox.protocol import EgressPolicy, SandboxError, SandboxProvider, SandboxSpec
 from infrastructure.sandbox.registry import (
     ProviderRegistry,
     UnknownProvider,
@@ -272,7 +272,7 @@ async def test_without_network_only_the_sandboxs_own_loopback_is_reachable(
 ) -> None:
     if not ISOLATION.net_namespace:
         pytest.skip("this host gives no network namespace: " + repr(ISOLATION.report()))
-    box = await LocalSandboxProvider(tmp_path).provision(spec(network=False))
+    box = await LocalSandboxProvider(tmp_path).provision(spec())
     host_listener = socket.create_server(("127.0.0.1", 0))
     host_port = host_listener.getsockname()[1]
     connect = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)"
@@ -304,7 +304,7 @@ async def test_without_network_only_the_sandboxs_own_loopback_is_reachable(
 
 
 async def test_with_network_the_hosts_network_is_reachable(tmp_path: Path) -> None:
-    box = await LocalSandboxProvider(tmp_path).provision(spec(network=True))
+    box = await LocalSandboxProvider(tmp_path).provision(spec(egress=EgressPolicy(("*",))))
     host_listener = socket.create_server(("127.0.0.1", 0))
     port = host_listener.getsockname()[1]
     try:
@@ -497,7 +497,7 @@ async def test_path_traversal_task_is_solved_by_its_reference_solution_in_one_sa
     assert task.setup is not None and isinstance(task.verification, FlagVerification)
     provider = LocalSandboxProvider(tmp_path)
     box = await provider.provision(
-        spec(network=task.network if network == "as-task-says" else False)
+        spec(egress=EgressPolicy(("*",)) if network == "as-task-says" and task.network else None)
     )
     try:
         await box.put_tree(task.bundle_dir, exclude=frozenset({"task.yaml"}))

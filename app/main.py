@@ -23,6 +23,7 @@ from app.container import Container
 from app.errors import handle_exception
 from app.logging import configure_logging
 from app.middleware import request_middleware
+from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
 
 ROUTES: list[ControllerRouterHandler] = [EvaluationController, ScopeController, health, ready]
@@ -47,8 +48,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         # The embedded set-up runs its worker in the server process (ASSAY_WORKERS=0: none).
         pool = built.worker_pool(settings.workers) if settings.workers > 0 else None
         if pool is not None:
-            await pool.start()
-            built.evaluations.notify_work = pool.wake
+            try:
+                await pool.start()
+                built.evaluations.notify_work = pool.wake
+            except SandboxUnavailable:
+                pool = None  # logged with its fix; the API serves, items wait for a worker
         tail = asyncio.create_task(built.follow_log(), name="log-tail")
         try:
             yield

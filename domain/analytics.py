@@ -55,6 +55,8 @@ class Analytics(msgspec.Struct, frozen=True, kw_only=True):
     # Items without a verdict (timed out, infra error, cancelled, errored) counted as failures.
     pass_rate_errors_as_failures: float | None
     degraded_runtime_count: int
+    # Items by the isolation their sandbox ran under: strict, or weak (opted into).
+    sandbox_isolation: dict[str, int]
     analytics_snapshot: Snapshot
 
 
@@ -121,6 +123,7 @@ def compute(evaluation: EvaluationView, items: Sequence[ItemView]) -> Analytics:
         pass_rate_ci95=wilson_interval(passed, passed + failed),
         pass_rate_errors_as_failures=_rate(passed, passed + failed + errors),
         degraded_runtime_count=0,
+        sandbox_isolation=dict(evaluation.isolation_counts),
         analytics_snapshot=Snapshot(
             task_breakdown=breakdown,
             runtime_durations_ms=Durations(

@@ -79,6 +79,9 @@ class ItemProvisioning(ItemEvent, frozen=True, tag="item.provisioning"):
 
 class ItemAgentStarted(ItemEvent, frozen=True, tag="item.agent_started"):
     session_id: str | None = None
+    # What the agent's sandbox really runs under (`level`: strict | weak, `provider`, and each
+    # enforced feature): recorded with the item so a verdict is never taken for a stronger one.
+    isolation: dict[str, Any] = {}
 
 
 class ItemAgentFinished(ItemEvent, frozen=True, tag="item.agent_finished"):

@@ -72,6 +72,8 @@ class EvaluationView(msgspec.Struct, frozen=True, kw_only=True):
     status: ev.EvaluationStatus
     item_counts: dict[str, int]
     closed_as: Literal["cancelled", "failed"] | None = None
+    # Items by the isolation level their (latest) agent sandbox ran under.
+    isolation_counts: dict[str, int] = {}
     claimed_since_open: bool = False
     error_summary: str | None = None
     created_by: Actor | None = None
@@ -182,8 +184,14 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
     match event:
         case it.ItemClaimed(worker_id=worker_id, lease_expires_at=lease):
             changes |= {"worker_id": worker_id, "lease_expires_at": lease, "started_at": now}
-        case it.ItemAgentStarted(session_id=session_id):
+        case it.ItemAgentStarted(session_id=session_id, isolation=isolation):
             changes["session_id"] = session_id
+            if isolation:
+                metadata = dict(old.metadata_json)
+                before = metadata.get("sandbox", {}).get("isolation", {}).get("level")
+                metadata["sandbox"] = {**metadata.get("sandbox", {}), "isolation": isolation}
+                changes["metadata_json"] = metadata
+                _count_isolation(views, old.evaluation_id, before, isolation.get("level"))
         case it.ItemAgentFinished(agent_result=result):
             metadata = dict(old.metadata_json)
             metadata["_dreadnode"] = {**metadata.get("_dreadnode", {}), "agent_result": result}
@@ -203,7 +211,11 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
             changes["lease_expires_at"] = lease
         case it.ItemSandboxKept(location=location):
             metadata = dict(old.metadata_json)
-            metadata["sandbox"] = {"kept": True, "location": location}
+            metadata["sandbox"] = {
+                **metadata.get("sandbox", {}),
+                "kept": True,
+                "location": location,
+            }
             changes["metadata_json"] = metadata
         case it.ItemRequeued():
             changes |= {
@@ -228,6 +240,21 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
         changes["retry_not_before"] = None
     views.items[old.id] = msgspec.structs.replace(old, **changes)
     _count_transition(views, old.evaluation_id, old.status, new_status, env)
+
+
+def _count_isolation(views: Views, evaluation_id: str, before: object, after: object) -> None:
+    """An item's sandbox isolation moves from `before` (a retry's earlier run) to `after`."""
+    if before == after:
+        return
+    view = views.evaluations[evaluation_id]
+    counts = dict(view.isolation_counts)
+    if isinstance(before, str) and counts.get(before, 0) > 0:
+        counts[before] -= 1
+        if counts[before] == 0:
+            del counts[before]
+    if isinstance(after, str):
+        counts[after] = counts.get(after, 0) + 1
+    views.evaluations[evaluation_id] = msgspec.structs.replace(view, isolation_counts=counts)
 
 
 def _count_transition(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from infrastructure.sandbox.local.principals import parse_uid_range
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./assay.db"
 
 
@@ -44,6 +46,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff_seconds: float = 2.0
     # Where the local sandbox provider makes its per-item directories.
     sandbox_root: str = ".assay/sandboxes"
+    # strict: every sandbox principal in a bubblewrap view of its own (refused where the host
+    # cannot give one); weak: namespaces and rlimits only, opted into and recorded as weak.
+    sandbox_isolation: str = "strict"
+    # Host uids a root worker gives sandbox principals, one per live view (FIRST-LAST).
+    sandbox_uids: str = "200000-299999"
     # OpenAI-compatible endpoint of the `openai` agent when the evaluation names no runtime.
     openai_base_url: str | None = None
     default_max_steps: int = 30
@@ -79,6 +86,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("poll_seconds", float),
             ("retry_backoff_seconds", float),
             ("sandbox_root", str),
+            ("sandbox_isolation", str),
+            ("sandbox_uids", str),
             ("openai_base_url", str),
             ("default_max_steps", int),
             ("view_cache_seconds", float),
@@ -98,7 +107,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         raw_paths = get("TASK_PATHS")
         if raw_paths is not None:
             values["task_paths"] = tuple(p for p in raw_paths.split(os.pathsep) if p)
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.sandbox_isolation not in ("strict", "weak"):
+            raise ValueError(
+                f"ASSAY_SANDBOX_ISOLATION={settings.sandbox_isolation!r}: use strict or weak"
+            )
+        parse_uid_range(settings.sandbox_uids)
+        return settings
 
     @property
     def is_sqlite(self) -> bool:

@@ -73,6 +73,8 @@ class EvaluationResponse(msgspec.Struct, frozen=True, kw_only=True):
     status: EvaluationStatus
     job_status: EvaluationStatus
     item_counts: dict[str, int]
+    # Items by the isolation level their sandbox ran under (strict | weak).
+    sandbox_isolation: dict[str, int]
     analytics: AnalyticsStatus
     error_summary: str | None
     queued_at: str
@@ -191,6 +193,7 @@ def evaluation_response(view: EvaluationView, capacity: int) -> EvaluationRespon
         status=view.status,
         job_status=view.status,
         item_counts=view.item_counts,
+        sandbox_isolation=view.isolation_counts,
         analytics=AnalyticsStatus("ready" if view.status in TERMINAL_STATUSES else "pending"),
         error_summary=view.error_summary,
         queued_at=view.queued_at,

@@ -10,6 +10,7 @@ import click
 
 from app.container import Container
 from app.logging import configure_logging
+from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
 
 
@@ -31,7 +32,11 @@ def group(slots: int | None) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
-        await pool.start()
+        try:
+            await pool.start()
+        except SandboxUnavailable as exc:
+            await container.close()
+            raise click.ClickException(str(exc)) from None
         try:
             await stop.wait()
         finally:

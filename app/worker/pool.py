@@ -32,6 +32,7 @@ from infrastructure.agents.registry import create_agent
 from infrastructure.clock import iso, utc_now
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.store import IdentityStore
+from infrastructure.sandbox.local.principals import parse_uid_range
 from infrastructure.sandbox.protocol import SandboxProvider
 from infrastructure.sandbox.registry import default_registry
 from infrastructure.settings import Settings
@@ -51,6 +52,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class SandboxUnavailable(Exception):
+    """A sandbox provider cannot run items on this host as configured; the message says why
+    and how to fix it."""
 
 
 class WorkerPool:
@@ -79,7 +85,11 @@ class WorkerPool:
             retry_backoff_seconds=settings.retry_backoff_seconds,
             default_max_steps=settings.default_max_steps,
         )
-        self.providers = default_registry(Path(settings.sandbox_root))
+        self.providers = default_registry(
+            Path(settings.sandbox_root),
+            isolation="weak" if settings.sandbox_isolation == "weak" else "strict",
+            uid_range=parse_uid_range(settings.sandbox_uids),
+        )
         self._running: dict[str, tuple[asyncio.Task[None], ItemHandle]] = {}
         self._last_served: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -89,6 +99,15 @@ class WorkerPool:
     # ---- lifecycle ----
 
     async def start(self) -> None:
+        """Register and start claiming; SandboxUnavailable (before anything is registered) if
+        a provider cannot give the isolation configured."""
+        for name in self.providers.names():
+            reason = await asyncio.to_thread(self.providers.get(name).unavailable_reason)
+            if reason is not None:
+                # Refuse rather than run items under an isolation nobody chose: the items wait
+                # in the queue for a worker that can give it.
+                log.error("sandbox_unavailable", provider=name, reason=reason)
+                raise SandboxUnavailable(reason)
         now = utc_now()
         await self.queue.register_worker(
             WorkerInfo(

@@ -11,10 +11,12 @@ checker that breaks ends in `errored`; cancellation kills the sandbox within the
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -164,6 +166,9 @@ class ItemRunner:
             sandbox = await self._provision(job, task)
             await self._setup(sandbox, task, deadline)
             outcome = await self._run_agent(job, task, sandbox, deadline, redactions)
+            # The agent's turn is over: every process it started dies before anything is
+            # verified, however it detached, so nothing it left can touch what is checked.
+            await sandbox.kill_all()
             finished = it.ItemAgentFinished(
                 item_id=job.item.id,
                 evaluation_id=config_id(job),
@@ -263,7 +268,10 @@ class ItemRunner:
         await self._record(
             job,
             it.ItemAgentStarted(
-                item_id=job.item.id, evaluation_id=config_id(job), session_id=session_id
+                item_id=job.item.id,
+                evaluation_id=config_id(job),
+                session_id=session_id,
+                isolation=dict(sandbox.isolation),
             ),
         )
         config = job.evaluation.config
@@ -298,10 +306,13 @@ class ItemRunner:
         verification = task.verification
         if not isinstance(verification, ScriptVerification):
             raise CheckerBroke(f"task {task.ref} has no verification config")
-        checker = task.bundle_dir / verification.script
-        await sandbox.put_file(verification.script, checker.read_bytes(), 0o755)
-        result = await sandbox.run(
-            f"bash {verification.script}",
+        script = (task.bundle_dir / verification.script).read_text(errors="replace")
+        # A fresh principal that sees the agent's workspace read-only; the script travels in
+        # its command line, so no file the agent could have prepared is ever run as the checker.
+        checker = await sandbox.open_checker()
+        name = shlex.quote(Path(verification.script).name)
+        result = await checker.run(
+            f"bash -c {shlex.quote(script)} {name}",
             timeout_sec=min(deadline.remaining(), CHECKER_MAX_SECONDS),
         )
         output = redact(result.stdout, redactions)[-OUTPUT_KEPT:]

@@ -170,6 +170,11 @@ class SandboxProvider(Protocol):
         """Which isolation features this host gives (namespaces, limits...), for start-up logs."""
         ...
 
+    def unavailable_reason(self) -> str | None:
+        """Why this provider cannot run items here as configured, with the fix (one line);
+        None when it can. A worker that gets a reason claims nothing."""
+        ...
+
     async def provision(self, spec: SandboxSpec) -> Sandbox: ...
 
     async def reap_orphans(self, live_worker_ids: frozenset[str]) -> list[str]:

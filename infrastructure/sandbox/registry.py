@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from infrastructure.sandbox.local import LocalSandboxProvider
-from infrastructure.sandbox.protocol import SandboxProvider
+from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE
+from infrastructure.sandbox.protocol import IsolationLevel, SandboxProvider
 
 DEFAULT_SANDBOX_ROOT = Path(".assay/sandboxes")
 
@@ -47,10 +48,18 @@ class ProviderRegistry:
         return sorted(self._providers)
 
 
-def default_registry(sandbox_root: Path = DEFAULT_SANDBOX_ROOT) -> ProviderRegistry:
-    """A registry holding what this build runs: the `local` provider, under `sandbox_root`."""
+def default_registry(
+    sandbox_root: Path = DEFAULT_SANDBOX_ROOT,
+    *,
+    isolation: IsolationLevel = "strict",
+    uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
+) -> ProviderRegistry:
+    """A registry holding what this build runs: the `local` provider, under `sandbox_root`,
+    at the given isolation level."""
     registry = ProviderRegistry()
-    registry.register(LocalSandboxProvider(Path(sandbox_root)))
+    registry.register(
+        LocalSandboxProvider(Path(sandbox_root), isolation=isolation, uid_range=uid_range)
+    )
     return registry
 
 

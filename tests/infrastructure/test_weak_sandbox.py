@@ -1,4 +1,5 @@
-"""The `local` sandbox provider, with real processes and the real kernel (no OS mocks).
+"""The `local` sandbox provider in its weak mode (opted into with ASSAY_SANDBOX_ISOLATION=weak),
+with real processes and the real kernel (no OS mocks).
 
 Tests that depend on isolation this host may not give (PID or network namespaces) run in both
 modes where it matters: "namespaces" (skipped, with the reason, when the host refuses them) and
@@ -21,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from infrastructure.sandbox import local
+from infrastructure.sandbox.local import processes
 from infrastructure.sandbox.local import (
-    LocalSandbox,
+    WeakSandbox,
     LocalSandboxProvider,
     SandboxFileNotFound,
     probe_isolation,
@@ -50,7 +51,7 @@ def heartbeat(name: str) -> str:
 def make_provider(root: Path, mode: str) -> LocalSandboxProvider:
     if mode == "namespaces" and not ISOLATION.pid_namespace:
         pytest.skip("this host gives no PID namespace: " + repr(ISOLATION.report()))
-    return LocalSandboxProvider(root, namespaces=mode == "namespaces")
+    return LocalSandboxProvider(root, isolation="weak", namespaces=mode == "namespaces")
 
 
 def spec(**fields: object) -> SandboxSpec:
@@ -64,8 +65,8 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
-    provider = LocalSandboxProvider(tmp_path / "sandboxes")
+async def sandbox(tmp_path: Path) -> AsyncIterator[WeakSandbox]:
+    provider = LocalSandboxProvider(tmp_path / "sandboxes", isolation="weak")
     box = await provider.provision(spec(env={"TASK_VAR": "from-spec"}))
     yield box
     await box.destroy()
@@ -109,21 +110,21 @@ async def eventually_quiet(directory: Path, beats: list[Path], within: float) ->
 # -- running commands -----------------------------------------------------------------------
 
 
-async def test_run_captures_stdout_stderr_and_exit_code(sandbox: LocalSandbox) -> None:
+async def test_run_captures_stdout_stderr_and_exit_code(sandbox: WeakSandbox) -> None:
     result = await sandbox.run("echo out; echo err >&2; exit 3", timeout_sec=10)
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert not result.timed_out
     assert result.duration_ms > 0
 
 
-async def test_commands_run_in_the_sandbox_directory_with_bash(sandbox: LocalSandbox) -> None:
+async def test_commands_run_in_the_sandbox_directory_with_bash(sandbox: WeakSandbox) -> None:
     result = await sandbox.run('pwd; echo "$HOME"; echo "$BASH_VERSION" | cut -c1', timeout_sec=10)
     assert result.stdout.splitlines()[:2] == [sandbox.location, sandbox.location]
     assert result.stdout.splitlines()[2].isdigit()
 
 
 async def test_environment_is_clean_and_carries_spec_and_call_env(
-    sandbox: LocalSandbox, monkeypatch: pytest.MonkeyPatch
+    sandbox: WeakSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ASSAY_WORKER_SECRET", "must-not-leak")
     result = await sandbox.run("env", timeout_sec=10, env={"CALL_VAR": "from-call"})
@@ -136,18 +137,18 @@ async def test_environment_is_clean_and_carries_spec_and_call_env(
     assert ".venv" not in env["PATH"]
 
 
-async def test_call_env_overrides_spec_env(sandbox: LocalSandbox) -> None:
+async def test_call_env_overrides_spec_env(sandbox: WeakSandbox) -> None:
     result = await sandbox.run('echo "$TASK_VAR"', timeout_sec=10, env={"TASK_VAR": "override"})
     assert result.stdout == "override\n"
 
 
-async def test_stdin_is_fed_to_the_command(sandbox: LocalSandbox) -> None:
+async def test_stdin_is_fed_to_the_command(sandbox: WeakSandbox) -> None:
     result = await sandbox.run("tr a-z A-Z", timeout_sec=10, stdin="hello\n")
     assert result.stdout == "HELLO\n"
 
 
 async def test_output_beyond_the_cap_is_truncated_with_a_note(tmp_path: Path) -> None:
-    provider = LocalSandboxProvider(tmp_path, output_limit=1000)
+    provider = LocalSandboxProvider(tmp_path, isolation="weak", output_limit=1000)
     box = await provider.provision(spec())
     try:
         result = await box.run("head -c 50000 /dev/zero | tr '\\0' a", timeout_sec=10)
@@ -159,7 +160,7 @@ async def test_output_beyond_the_cap_is_truncated_with_a_note(tmp_path: Path) ->
 
 
 async def test_a_background_child_holding_the_output_does_not_hold_up_the_result(
-    sandbox: LocalSandbox,
+    sandbox: WeakSandbox,
 ) -> None:
     start = time.monotonic()
     result = await sandbox.run("sleep 20 & echo started", timeout_sec=10)
@@ -252,7 +253,7 @@ async def test_cancelling_a_run_kills_its_command_tree(tmp_path: Path, mode: str
 async def test_destroy_kills_everything_removes_the_directory_and_is_idempotent(
     tmp_path: Path,
 ) -> None:
-    provider = LocalSandboxProvider(tmp_path)
+    provider = LocalSandboxProvider(tmp_path, isolation="weak")
     box = await provider.provision(spec())
     await box.run(f"nohup bash -c '{heartbeat('hb')}' >/dev/null 2>&1 &", timeout_sec=10)
     await box.destroy()
@@ -272,7 +273,7 @@ async def test_without_network_only_the_sandboxs_own_loopback_is_reachable(
 ) -> None:
     if not ISOLATION.net_namespace:
         pytest.skip("this host gives no network namespace: " + repr(ISOLATION.report()))
-    box = await LocalSandboxProvider(tmp_path).provision(spec())
+    box = await LocalSandboxProvider(tmp_path, isolation="weak").provision(spec())
     host_listener = socket.create_server(("127.0.0.1", 0))
     host_port = host_listener.getsockname()[1]
     connect = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)"
@@ -304,7 +305,9 @@ async def test_without_network_only_the_sandboxs_own_loopback_is_reachable(
 
 
 async def test_with_network_the_hosts_network_is_reachable(tmp_path: Path) -> None:
-    box = await LocalSandboxProvider(tmp_path).provision(spec(egress=EgressPolicy(("*",))))
+    box = await LocalSandboxProvider(tmp_path, isolation="weak").provision(
+        spec(egress=EgressPolicy(("*",)))
+    )
     host_listener = socket.create_server(("127.0.0.1", 0))
     port = host_listener.getsockname()[1]
     try:
@@ -328,7 +331,9 @@ def require_rlimits() -> None:
 
 async def test_memory_limit_makes_a_big_allocation_fail(tmp_path: Path) -> None:
     require_rlimits()
-    box = await LocalSandboxProvider(tmp_path).provision(spec(memory_bytes=256 * 1024**2))
+    box = await LocalSandboxProvider(tmp_path, isolation="weak").provision(
+        spec(memory_bytes=256 * 1024**2)
+    )
     try:
         small = await box.run("python3 -c 'bytearray(16 * 1024**2)'", timeout_sec=10)
         big = await box.run("python3 -c 'bytearray(1024**3)'", timeout_sec=10)
@@ -340,7 +345,9 @@ async def test_memory_limit_makes_a_big_allocation_fail(tmp_path: Path) -> None:
 
 async def test_file_size_limit_stops_a_big_write(tmp_path: Path) -> None:
     require_rlimits()
-    box = await LocalSandboxProvider(tmp_path).provision(spec(file_size_bytes=1024**2))
+    box = await LocalSandboxProvider(tmp_path, isolation="weak").provision(
+        spec(file_size_bytes=1024**2)
+    )
     try:
         result = await box.run("head -c 5000000 /dev/zero > big; echo $?", timeout_sec=10)
         size = (box.path / "big").stat().st_size
@@ -352,7 +359,7 @@ async def test_file_size_limit_stops_a_big_write(tmp_path: Path) -> None:
 
 async def test_cpu_limit_kills_a_busy_loop(tmp_path: Path) -> None:
     require_rlimits()
-    box = await LocalSandboxProvider(tmp_path).provision(spec(cpu_seconds=1))
+    box = await LocalSandboxProvider(tmp_path, isolation="weak").provision(spec(cpu_seconds=1))
     try:
         result = await box.run("python3 -c 'while True: pass'; echo $?", timeout_sec=15)
     finally:
@@ -361,7 +368,7 @@ async def test_cpu_limit_kills_a_busy_loop(tmp_path: Path) -> None:
     assert result.duration_ms < 5000
 
 
-async def test_core_dumps_are_disabled(sandbox: LocalSandbox) -> None:
+async def test_core_dumps_are_disabled(sandbox: WeakSandbox) -> None:
     require_rlimits()
     assert (await sandbox.run("ulimit -c", timeout_sec=10)).stdout == "0\n"
 
@@ -370,7 +377,7 @@ async def test_core_dumps_are_disabled(sandbox: LocalSandbox) -> None:
 
 
 async def test_put_tree_copies_files_with_their_modes_but_not_excluded_ones(
-    sandbox: LocalSandbox, tmp_path: Path
+    sandbox: WeakSandbox, tmp_path: Path
 ) -> None:
     bundle = tmp_path / "bundle"
     (bundle / "data").mkdir(parents=True)
@@ -389,7 +396,7 @@ async def test_put_tree_copies_files_with_their_modes_but_not_excluded_ones(
     assert not (sandbox.path / "checks").exists()
 
 
-async def test_put_file_and_get_file_round_trip_with_mode(sandbox: LocalSandbox) -> None:
+async def test_put_file_and_get_file_round_trip_with_mode(sandbox: WeakSandbox) -> None:
     await sandbox.put_file("deep/dir/check.sh", b"#!/bin/sh\nexit 0\n", mode=0o700)
     assert (sandbox.path / "deep/dir/check.sh").stat().st_mode & 0o777 == 0o700
     assert await sandbox.get_file("deep/dir/check.sh") == b"#!/bin/sh\nexit 0\n"
@@ -400,7 +407,7 @@ async def test_put_file_and_get_file_round_trip_with_mode(sandbox: LocalSandbox)
 @pytest.mark.parametrize(
     "path", ["../outside", "/etc/passwd", "a/../../outside", "link/hostname", "link", ""]
 )
-async def test_paths_escaping_the_sandbox_are_refused(sandbox: LocalSandbox, path: str) -> None:
+async def test_paths_escaping_the_sandbox_are_refused(sandbox: WeakSandbox, path: str) -> None:
     await sandbox.run("ln -s /etc link", timeout_sec=10)
     with pytest.raises(SandboxError, match="escapes the sandbox"):
         await sandbox.get_file(path)
@@ -409,7 +416,7 @@ async def test_paths_escaping_the_sandbox_are_refused(sandbox: LocalSandbox, pat
 
 
 async def test_put_tree_of_a_missing_folder_is_a_sandbox_error(
-    sandbox: LocalSandbox, tmp_path: Path
+    sandbox: WeakSandbox, tmp_path: Path
 ) -> None:
     with pytest.raises(SandboxError):
         await sandbox.put_tree(tmp_path / "nope")
@@ -418,7 +425,9 @@ async def test_put_tree_of_a_missing_folder_is_a_sandbox_error(
 async def test_provision_under_an_unusable_root_is_a_sandbox_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(SandboxError):
-        await LocalSandboxProvider(tmp_path / "file" / "sandboxes").provision(spec())
+        await LocalSandboxProvider(tmp_path / "file" / "sandboxes", isolation="weak").provision(
+            spec()
+        )
 
 
 # -- orphans --------------------------------------------------------------------------------
@@ -455,7 +464,9 @@ from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.protocol import SandboxSpec
 
 async def main() -> None:
-    provider = LocalSandboxProvider(Path(sys.argv[1]), namespaces=sys.argv[2] == "namespaces")
+    provider = LocalSandboxProvider(
+        Path(sys.argv[1]), isolation="weak", namespaces=sys.argv[2] == "namespaces"
+    )
     box = await provider.provision(SandboxSpec(item_id="item", worker_id="crashed"))
     await box.run(sys.argv[3], timeout_sec=10)
     print(box.location, flush=True)
@@ -495,7 +506,7 @@ async def test_path_traversal_task_is_solved_by_its_reference_solution_in_one_sa
 ) -> None:
     task = load_catalog().resolve("path-traversal")
     assert task.setup is not None and isinstance(task.verification, FlagVerification)
-    provider = LocalSandboxProvider(tmp_path)
+    provider = LocalSandboxProvider(tmp_path, isolation="weak")
     box = await provider.provision(
         spec(egress=EgressPolicy(("*",)) if network == "as-task-says" and task.network else None)
     )
@@ -515,11 +526,11 @@ async def test_path_traversal_task_is_solved_by_its_reference_solution_in_one_sa
 
 
 def test_isolation_report_says_which_isolation_this_host_gives(tmp_path: Path) -> None:
-    report = LocalSandboxProvider(tmp_path).isolation_report()
+    report = LocalSandboxProvider(tmp_path, isolation="weak").isolation_report()
     print("isolation on this host:", dict(report))
     assert {"pid_namespace", "net_namespace", "rlimits", "process_groups"} <= set(report)
     assert all(isinstance(value, bool) for value in report.values())
-    fallback = LocalSandboxProvider(tmp_path, namespaces=False).isolation_report()
+    fallback = LocalSandboxProvider(tmp_path, isolation="weak", namespaces=False).isolation_report()
     assert not fallback["pid_namespace"] and not fallback["net_namespace"]
     assert fallback["process_groups"]
 
@@ -540,11 +551,11 @@ def test_registry_refuses_a_second_provider_of_the_same_name_unless_replacing(
     tmp_path: Path,
 ) -> None:
     registry = ProviderRegistry()
-    provider: SandboxProvider = LocalSandboxProvider(tmp_path)
+    provider: SandboxProvider = LocalSandboxProvider(tmp_path, isolation="weak")
     registry.register(provider)
     with pytest.raises(ValueError):
-        registry.register(LocalSandboxProvider(tmp_path / "other"))
-    replacement = LocalSandboxProvider(tmp_path / "other")
+        registry.register(LocalSandboxProvider(tmp_path / "other", isolation="weak"))
+    replacement = LocalSandboxProvider(tmp_path / "other", isolation="weak")
     registry.register(replacement, replace=True)
     assert registry.get("local") is replacement
     assert registry.names() == ["local"]
@@ -562,19 +573,19 @@ async def test_waiting_for_a_killed_process_returns_once_it_exits_and_times_out_
         def no_pidfd(pid: int) -> int:
             raise OSError("pidfd_open is not available")
 
-        monkeypatch.setattr(local.os, "pidfd_open", no_pidfd)
+        monkeypatch.setattr(processes.os, "pidfd_open", no_pidfd)
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        assert await local._wait_gone([proc.pid], 0.3) is False  # alive: waits it out
+        assert await processes.wait_gone([proc.pid], 0.3) is False  # alive: waits it out
 
         proc.kill()
         # Not reaped yet: a zombie counts as gone.
-        assert await local._wait_gone([proc.pid], 5.0) is True
+        assert await processes.wait_gone([proc.pid], 5.0) is True
     finally:
         proc.kill()
         proc.wait()
     # Reaped: the pid is gone altogether.
-    assert await local._wait_gone([proc.pid], 1.0) is True
+    assert await processes.wait_gone([proc.pid], 1.0) is True
 
 
 @pytest.mark.parametrize("children_file", [True, False], ids=["children-file", "proc-scan"])
@@ -589,14 +600,14 @@ def test_the_child_of_a_process_is_found_with_or_without_the_kernels_children_fi
                 raise FileNotFoundError("no /proc/<pid>/task/<pid>/children on this kernel")
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(local, "open", no_children_file, raising=False)
+        monkeypatch.setattr(processes, "open", no_children_file, raising=False)
     parent = subprocess.Popen(["bash", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE)
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        assert local._child_of(parent.pid) == child
+        assert processes.child_of(parent.pid) == child
     finally:
         subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
         parent.kill()
         parent.wait()
-    assert local._child_of(parent.pid) is None
+    assert processes.child_of(parent.pid) is None

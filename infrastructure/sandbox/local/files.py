@@ -1,0 +1,71 @@
+"""Reading and placing files of a sandbox from the worker's side, without being led out of it.
+
+The worker runs as root; the agent controls what its workspace holds. A path the agent could
+have turned into a symlink (`flag.txt -> /etc/shadow`, a folder swapped for a link to `/`) must
+never make the worker read or write a host file. `read_beneath` opens each component with
+O_NOFOLLOW relative to the folder before it, so no link is followed anywhere along the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from infrastructure.sandbox.protocol import SandboxError
+
+
+class SandboxFileNotFound(SandboxError, FileNotFoundError):
+    """`get_file` of a path that does not exist in the sandbox (catchable as either)."""
+
+
+def relative_parts(path: str) -> tuple[str, ...]:
+    """The components of a relative path that stays below its root, else SandboxError."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        raise SandboxError(f"path {path!r} escapes the sandbox")
+    return tuple(part for part in pure.parts if part != ".")
+
+
+def resolve_inside(root: Path, relative_path: str) -> Path:
+    """The host path of `relative_path` below `root`, refused unless it stays inside after
+    resolving links. For a sandbox whose processes run as the worker (the weak mode)."""
+    relative_parts(relative_path)
+    base = root.resolve()
+    target = (base / relative_path).resolve()
+    if target != base and not target.is_relative_to(base):
+        raise SandboxError(f"path {relative_path!r} escapes the sandbox")
+    return target
+
+
+def read_beneath(root: Path, parts: tuple[str, ...], limit: int) -> bytes:
+    """Read the regular file `root/parts...` following no symlink on the way, at most `limit`
+    bytes (a larger file is refused: the agent chose its size)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        # O_NONBLOCK: a FIFO planted under the name must not hang the worker on open.
+        leaf = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+    except FileNotFoundError:
+        os.close(fd)
+        raise
+    except OSError as exc:
+        os.close(fd)
+        raise SandboxError(f"cannot read {'/'.join(parts)!r}: {exc.strerror}") from exc
+    os.close(fd)
+    try:
+        info = os.fstat(leaf)
+        if not stat.S_ISREG(info.st_mode):
+            raise SandboxError(f"{'/'.join(parts)!r} is not a regular file")
+        if info.st_size > limit:
+            raise SandboxError(f"{'/'.join(parts)!r} is larger than {limit} bytes")
+        chunks = []
+        while chunk := os.read(leaf, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)[:limit]
+    finally:
+        os.close(leaf)

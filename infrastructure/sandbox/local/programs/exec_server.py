@@ -1,0 +1,217 @@
+"""PID 1 of a strict sandbox view: starts the worker's commands inside the view.
+
+The worker starts it once per principal (agent, service, checker) as the last program of
+`bwrap --as-pid-1`, so it already runs as the principal's unprivileged uid, with no
+capabilities, in the view's namespaces. Every command is then a fork of this process (no new
+interpreter, no new bwrap), which is what makes a strict sandbox cheap per command.
+
+Control channel: argv[1] is the number of a SOCK_SEQPACKET socket shared with the worker. Each
+message is one JSON object; file descriptors travel beside it (SCM_RIGHTS):
+  {"op": "run", "id": N, "command": str, "env": {..}, "cwd": str, "limits": [cpu, mem, fsize,
+   nproc]} + fds [stdin, stdout, stderr]  ->  {"id": N, "pid": P} then {"id": N, "exit": C}
+  {"op": "write", "id": N, "path": str, "mode": M} + fds [source]  ->  {"id": N, "ok": true}
+  {"op": "wait_port", "id": N, "port": P, "timeout": T}  ->  {"id": N, "ok": bool}
+Errors answer {"id": N, "error": str}. End of file on the channel means the worker is gone (or
+done with this view): PID 1 exits, and the kernel kills every process of the namespace.
+
+A command's leader (the fork that runs it) is a child subreaper, so whatever its command
+detaches stays below it and dies with the tree the worker kills at a deadline. This process is
+not dumpable, so the sandbox's own commands (same uid) can neither trace it nor read its
+descriptors; and as PID 1 of its namespace it ignores every signal they send it.
+"""
+
+import contextlib
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from infrastructure.sandbox.local.programs.prelude import (
+        PR_SET_DUMPABLE,
+        apply_limits,
+        become_subreaper,
+        exit_code,
+        prctl,
+    )
+
+MAX_FDS = 4
+
+
+def send(channel: socket.socket, message: dict[str, object]) -> None:
+    try:
+        channel.send(json.dumps(message).encode())
+    except OSError:
+        os._exit(0)  # the worker is gone: so is this view
+
+
+def lead(command: str, env: dict[str, str], cwd: str, limits: list[int]) -> None:
+    """In the forked leader: run `bash -c command` below us, exit with its status."""
+    os.setsid()
+    become_subreaper()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            apply_limits(*limits)
+            os.chdir(cwd)
+            os.execve("/bin/bash", ["bash", "-c", command], env)
+        except BaseException as exc:
+            os.write(2, f"sandbox: cannot start bash: {exc}\n".encode())
+        os._exit(126)
+    for fd in (0, 1, 2):
+        os.close(fd)
+    while True:
+        try:
+            child, status = os.wait()
+        except InterruptedError:
+            continue
+        if child == pid:
+            os._exit(exit_code(status))
+
+
+def start(channel: socket.socket, message: dict[str, object], fds: list[int]) -> int:
+    stdin, stdout, stderr = fds
+    pid = os.fork()
+    if pid == 0:
+        try:
+            channel.close()
+            for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+                os.dup2(fd, target)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            env = {str(k): str(v) for k, v in dict(message["env"]).items()}  # type: ignore[call-overload]
+            limits = [int(v) for v in list(message["limits"])]  # type: ignore[call-overload]
+            lead(str(message["command"]), env, str(message["cwd"]), limits)
+        except BaseException as exc:
+            os.write(2, f"sandbox: cannot start the command: {exc}\n".encode())
+        os._exit(126)
+    return pid
+
+
+def write_file(message: dict[str, object], fds: list[int]) -> None:
+    """Copy the passed descriptor's content to `path` below the working directory, creating
+    folders; never through a link (the sandbox's own commands may have planted one)."""
+    path = str(message["path"])
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if path.startswith("/") or not parts or ".." in parts:
+        raise ValueError(f"path {path!r} escapes the workspace")
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | flags)
+    try:
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=directory)
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | flags, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        target = os.open(
+            parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o600, dir_fd=directory
+        )
+    finally:
+        os.close(directory)
+    try:
+        while chunk := os.read(fds[0], 1 << 20):
+            os.write(target, chunk)
+        os.fchmod(target, int(str(message["mode"])) & 0o777)
+    finally:
+        os.close(target)
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def reap(channel: socket.socket, leaders: dict[int, object]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in leaders:
+            send(channel, {"id": leaders.pop(pid), "exit": exit_code(status)})
+
+
+def serve(channel: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(channel, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    leaders: dict[int, object] = {}
+    send(channel, {"ready": True})
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj == wake_r:
+                while True:
+                    try:
+                        if not os.read(wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                reap(channel, leaders)
+                continue
+            try:
+                data, fds, _, _ = socket.recv_fds(channel, 1 << 20, MAX_FDS)
+            except InterruptedError:
+                continue
+            if not data:
+                os._exit(0)
+            message = json.loads(data)
+            ident = message.get("id")
+            try:
+                op = message.get("op")
+                if op == "run" and len(fds) == 3:
+                    leader = start(channel, message, fds)
+                    leaders[leader] = ident
+                    send(channel, {"id": ident, "pid": leader})
+                elif op == "write" and len(fds) == 1:
+                    write_file(message, fds)
+                    send(channel, {"id": ident, "ok": True})
+                elif op == "wait_port":
+                    ok = wait_port(int(message["port"]), float(message["timeout"]))
+                    send(channel, {"id": ident, "ok": ok})
+                else:
+                    send(channel, {"id": ident, "error": f"bad request {op!r}"})
+            except OSError as exc:
+                send(
+                    channel,
+                    {"id": ident, "error": f"{errno.errorcode.get(exc.errno or 0, '')} {exc}"},
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                send(channel, {"id": ident, "error": str(exc)})
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            reap(channel, leaders)
+
+
+def main() -> None:
+    prctl(PR_SET_DUMPABLE, 0)
+    channel = socket.socket(fileno=int(sys.argv[1]))
+    os.set_inheritable(channel.fileno(), False)
+    for fd in (0, 1):
+        os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+    serve(channel)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Helpers shared by the programs that start commands (`command_shim`, `exec_server`).
+
+The worker prepends this module's source to theirs (see `programs.program`), so at run time
+they find these functions as globals; the type checker finds them through the import under
+`TYPE_CHECKING` in each program.
+"""
+
+import ctypes
+import os
+import resource
+import signal
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
+
+
+def prctl(option: int, value: int) -> bool:
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
+    except Exception:
+        return False
+
+
+def become_subreaper() -> None:
+    """Every descendant that detaches (double fork, setsid, nohup) is re-parented to us rather
+    than leaving the tree the worker kills at the deadline."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def apply_limits(cpu: int, mem: int, fsize: int, nproc: int) -> None:
+    """Set the command's rlimits (a negative one is not applied; never above a hard limit
+    already in force) and undo the signal dispositions Python ignores: ignored dispositions
+    survive exec, so `yes | head` or a too-big write would misbehave."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    limits = [
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_NPROC, nproc, nproc),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+    for res, soft, hard in limits:
+        if soft < 0:
+            continue
+        old_hard = resource.getrlimit(res)[1]
+        if old_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, old_hard), min(hard, old_hard)
+        resource.setrlimit(res, (soft, hard))
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from infrastructure.sandbox.local import processes
 from infrastructure.sandbox.local import (
-    WeakSandbox,
     LocalSandboxProvider,
     SandboxFileNotFound,
+    WeakSandbox,
     probe_isolation,
+    processes,
 )
 from infrastructure.sandbox.protocol import EgressPolicy, SandboxError, SandboxProvider, SandboxSpec
 from infrastructure.sandbox.registry import (

@@ -183,10 +183,11 @@ class ExecServer:
         finally:
             os.close(fd)
 
-    async def wait_port(self, port: int, timeout: float) -> bool:
-        reply = await self._request(
-            {"op": "wait_port", "port": port, "timeout": timeout}, timeout=timeout + REPLY_SEC
-        )
+    async def wait_port(self, port: int, timeout: float, watch: int | None = None) -> bool:
+        """Whether something listens on `port` of the view's network within `timeout`; False
+        at once if the command `watch` (a pid in the view) has exited meanwhile."""
+        message = {"op": "wait_port", "port": port, "timeout": timeout, "watch": watch}
+        reply = await self._request(message, timeout=timeout + REPLY_SEC)
         return bool(reply.get("ok"))
 
     async def run(
@@ -198,46 +199,62 @@ class ExecServer:
         cwd: str,
         limits: Sequence[int],
         stdin: str | None = None,
-        output: tuple[int, int] | None = None,
-    ) -> ExecResult | None:
-        """Run `command`; with `output` (two descriptors to write stdout and stderr to) it is
-        started in the background and None returned at once (services)."""
+    ) -> ExecResult:
+        """Run `command` to its end or the deadline, whichever comes first."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         deadline = started + timeout_sec
         in_r, in_w = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
-        if output is None:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-        else:
-            (out_w, err_w), out_r, err_r = output, -1, -1
-        message: dict[str, Any] = {"op": "run", "command": command, "env": dict(env)}
-        message |= {"cwd": cwd, "limits": list(limits)}
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
-            reply = await self._request(message, [in_r, out_w, err_w])
+            reply = await self._start_command(command, env, cwd, limits, (in_r, out_w, err_w))
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 if fd >= 0:
                     os.close(fd)
             raise
         finally:
-            os.close(in_r)
-            if output is None:
-                os.close(out_w)
-                os.close(err_w)
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
         leader = self._leader(int(reply["pid"]))
-        if output is not None:
-            # A background command (a service): nobody waits for its exit.
-            self._exits.pop(int(reply["id"]), None)
-            if leader is not None:
-                self._running.discard(leader)
-            return None
         exited = self._exits.get(int(reply["id"]))
         if exited is None:
             raise SandboxError(f"{self.name}: the sandbox's server lost the command")
         return await self._collect(
             command, exited, leader, (out_r, err_r, in_w), stdin, started, deadline, loop
         )
+
+    async def spawn(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        limits: Sequence[int],
+        output: int,
+    ) -> int:
+        """Start `command` in the background, its output to `output`; nobody waits for its
+        end (a service). Returns its pid inside the view."""
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            reply = await self._start_command(command, env, cwd, limits, (null, output, output))
+        finally:
+            os.close(null)
+        self._exits.pop(int(reply["id"]), None)
+        return int(reply["pid"])
+
+    async def _start_command(
+        self,
+        command: str,
+        env: Mapping[str, str],
+        cwd: str,
+        limits: Sequence[int],
+        fds: tuple[int, int, int],
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {"op": "run", "command": command, "env": dict(env)}
+        message |= {"cwd": cwd, "limits": list(limits)}
+        return await self._request(message, fds)
 
     def _leader(self, ns_pid: int) -> int | None:
         if self.init_pid is None:

@@ -179,7 +179,7 @@ class StrictSandbox:
         stdin: str | None = None,
     ) -> ExecResult:
         server = await self._server(view)
-        result = await server.run(
+        return await server.run(
             command,
             timeout_sec=timeout_sec,
             env=self._environment(view.principal, env),
@@ -187,8 +187,6 @@ class StrictSandbox:
             limits=self._limits(),
             stdin=stdin,
         )
-        assert result is not None
-        return result
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -295,18 +293,17 @@ class StrictSandbox:
                 self._dir / f"{service.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
             )
             try:
-                await server.run(
+                pid = await server.spawn(
                     service.command,
-                    timeout_sec=0,
                     env=self._environment(principal, service.environment),
                     cwd=WORKSPACE,
                     limits=self._limits(),
-                    output=(log, log),
+                    output=log,
                 )
             finally:
                 os.close(log)
             for port in service.ports:
-                if not await server.wait_port(port, SERVICE_READY_SEC):
+                if not await server.wait_port(port, SERVICE_READY_SEC, watch=pid):
                     tail = _tail(self._dir / f"{service.name}.log")
                     raise SandboxError(
                         f"service {service.name!r} did not listen on port {port} within "

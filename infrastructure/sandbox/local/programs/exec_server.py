@@ -125,14 +125,25 @@ def write_file(message: dict[str, object], fds: list[int]) -> None:
         os.close(target)
 
 
-def wait_port(port: int, timeout: float) -> bool:
+def running(pid: object) -> bool:
+    """Whether our child `pid` still runs (not exited, not a zombie); True for no pid."""
+    if pid is None:
+        return True
+    try:
+        with open(f"/proc/{int(str(pid))}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_port(port: int, timeout: float, watch: object) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return True
         except OSError:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or not running(watch):
                 return False
             time.sleep(0.02)
 
@@ -187,7 +198,8 @@ def serve(channel: socket.socket) -> None:
                     write_file(message, fds)
                     send(channel, {"id": ident, "ok": True})
                 elif op == "wait_port":
-                    ok = wait_port(int(message["port"]), float(message["timeout"]))
+                    port, timeout = int(message["port"]), float(message["timeout"])
+                    ok = wait_port(port, timeout, message.get("watch"))
                     send(channel, {"id": ident, "ok": ok})
                 else:
                     send(channel, {"id": ident, "error": f"bad request {op!r}"})

@@ -71,7 +71,9 @@ class LocalSandboxProvider:
         self.python = python
         self._namespaces = namespaces
         self._isolation: Isolation | None = None
-        self._uids = UidPool(self.root / ".uids", uid_range)
+        # One lock folder per host, not per sandbox root: every root worker of the host must
+        # see the same uids taken.
+        self._uids = UidPool(STRICT_VIEWS_ROOT.parent / "uids", uid_range)
 
     @property
     def views_root(self) -> Path:

@@ -181,6 +181,11 @@ def bwrap_argv(
     for host_path, view_path in extra_folders:
         args += ["--ro-bind", host_path, view_path]
     args += [
+        # The view's own root (a tmpfs bwrap made) read-only too: nothing outside the
+        # workspace and /tmp is writable, so no file there can pass for something the host
+        # or a checker put.
+        "--remount-ro",
+        "/",
         "--chdir",
         WORKSPACE,
         "--clearenv",

@@ -18,8 +18,8 @@ checks it (dreadnode==2.0.52, `dreadnode/packaging/task_validation.py`).
     max_agent_timeout_sec                             # catalog metadata, optional
 
 plus `docker-compose.yaml` (see `compose.py`). A bundle is read in this format when its
-`verification` has a `method` key, when it has a compose file, or when task.yaml uses a key
-only this format has; otherwise it is Assay's format.
+`verification` has a `method` key or no `type` key, when it has a compose file, or when
+task.yaml uses a key only this format has; otherwise it is Assay's format.
 
 Where the client is silent or Assay cannot do what the platform does, the choices are:
 
@@ -130,7 +130,9 @@ MAX_EGRESS_TARGETS = 50
 
 def is_dn_format(raw: Mapping[str, Any], bundle_dir: Path) -> bool:
     verification = raw.get("verification")
-    if isinstance(verification, dict) and "method" in verification:
+    # Assay's format tags its verification with `type`; the client's has `method`, or infers
+    # it from `script` alone.
+    if isinstance(verification, dict) and ("method" in verification or "type" not in verification):
         return True
     if find_compose_file(bundle_dir) is not None:
         return True

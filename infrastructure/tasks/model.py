@@ -92,6 +92,15 @@ class FlagFileVerification(msgspec.Struct, frozen=True, kw_only=True):
     value: str | None = None
     hash: str | None = None
 
+    def __post_init__(self) -> None:
+        # Checked here too, not only by the loader: `matches` must never meet neither or both.
+        if (self.value is None) == (self.hash is None):
+            raise ValueError("a flag file check needs exactly one of value and hash")
+        if self.hash is not None:
+            algorithm, _, digest = self.hash.partition(":")
+            if len(digest) != HASH_ALGORITHMS.get(algorithm, -1) or digest != digest.lower():
+                raise ValueError(f"hash {self.hash!r} is not a normalised 'algorithm:hex'")
+
     def matches(self, content: bytes) -> bool:
         """Surrounding whitespace is stripped (as the client does and as `FlagVerification`
         does); the comparison takes the same time wherever the first difference is."""
@@ -99,7 +108,7 @@ class FlagFileVerification(msgspec.Struct, frozen=True, kw_only=True):
         data = text.encode("utf-8", errors="surrogateescape")
         if self.value is not None:
             return hmac.compare_digest(data, self.value.strip().encode("utf-8"))
-        assert self.hash is not None  # the loader sets exactly one of value and hash
+        assert self.hash is not None  # __post_init__: exactly one of value and hash
         algorithm, expected = self.hash.split(":", 1)
         return hmac.compare_digest(hashlib.new(algorithm, data).hexdigest(), expected)
 

@@ -843,3 +843,20 @@ def test_provision_output_that_is_no_json_object_is_refused(stdout: str, words: 
     with pytest.raises(TaskScriptOutputError) as caught:
         parse_provision_output(stdout)
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"value": "FLAG{x}", "hash": f"sha256:{FLAG_SHA256}"},
+        {"hash": "sha256:abc"},
+        {"hash": f"sha256:{FLAG_SHA256.upper()}"},
+        {"hash": f"crc32:{FLAG_SHA256}"},
+    ],
+)
+def test_a_flag_file_check_is_refused_unless_exactly_one_normalised_answer(
+    fields: dict[str, str],
+) -> None:
+    with pytest.raises(ValueError):
+        FlagFileVerification(path="/tmp/result.txt", **fields)

@@ -23,10 +23,13 @@ task.yaml uses a key only this format has; otherwise it is Assay's format.
 
 Where the client is silent or Assay cannot do what the platform does, the choices are:
 
-- `verification.where` defaults to `environment`, as in the client. An environment script runs
-  inside one service's view (Assay's extension key `verification.x-assay-service`, which the
-  client ignores; by default the task's only service); in a task without services it runs in
-  a fresh checker principal. A task with several services must name one.
+- `verification.where` defaults to `environment`, as in the client. The client runs such a
+  script beside the services, with their addresses as `NAME_URL`... variables, to check
+  server-side state (its template's example: `curl http://localhost:8080/admin`). Assay runs it
+  inside one service's view, as that service (`Sandbox.run_in_service`), where that example
+  holds: the service named by Assay's extension key `verification.x-assay-service` (the client
+  ignores it), by default the task's only service. A task with several services must name one;
+  in a task without services it runs in a fresh checker principal.
 - `verification.path` must be where the runner can read it: absolute under `/tmp/` or
   `/workspace/`, or relative to the workspace (the agent's working directory), without `..`.
 - What the agent gets: the client gives an agent nothing from the bundle; Assay does the same,

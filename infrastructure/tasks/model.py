@@ -297,9 +297,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
             if endpoint.port is not None:
                 variables[f"{name}_port"] = str(endpoint.port)
             declared = self.ports.get(name, ())
-            same_ports = bool(declared) and endpoint.port == declared[0]
-            for port in declared:
-                if same_ports:
+            if declared and endpoint.port == declared[0]:
+                for port in declared:
                     variables[f"{name}_url_{port}"] = f"http://{endpoint.host}:{port}"
             if endpoint.port is not None:
                 variables[f"{name}_url_{endpoint.port}"] = endpoint.url

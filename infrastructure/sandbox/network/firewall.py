@@ -1,0 +1,115 @@
+"""The item's packet filter (nftables, inside the item's namespace): deny all, allow the policy.
+
+Order matters and is the point of this module: loopback first (the item's own services and its
+DNS service), then the host dropped *before* anything can allow it (so no rule, `*` included,
+ever reaches the host), then replies, then DNS refused to anyone but the item's DNS service,
+then the policy's addresses and the addresses its DNS service handed out, then reject.
+Refusals are rejects rather than silent drops so a sandbox fails fast instead of hanging.
+IPv6 is refused outright: the user-mode stack is started without it.
+
+Sandboxes run as unprivileged users without CAP_NET_ADMIN over this namespace (it belongs to
+the host's user namespace), so they cannot change these rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+
+from domain.egress import EgressRules
+from infrastructure.sandbox.network.netns import run, run_in_netns
+
+TABLE = "assay_egress"
+RESOLVED_SET = "resolved4"
+
+# Never reachable whatever the policy: slirp's gateway and DNS (both are the host), "this"
+# network, link-local (cloud metadata services answer there with the host's credentials),
+# multicast and limited broadcast. The host's own addresses are added at create time.
+ALWAYS_BLOCKED: tuple[ipaddress.IPv4Network, ...] = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "10.0.2.2/32",
+        "10.0.2.3/32",
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    )
+)
+
+
+async def host_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 address the host answers on (its local and broadcast routes, in every routing
+    table, so addresses bound to `lo` by range count too), plus ALWAYS_BLOCKED."""
+    out = await run(["ip", "-j", "-4", "route", "show", "table", "all"])
+    found = list(ALWAYS_BLOCKED)
+    for route in json.loads(out or b"[]"):
+        if route.get("type") not in ("local", "broadcast"):
+            continue
+        dst = route.get("dst", "")
+        try:
+            net = ipaddress.IPv4Network(dst, strict=False)
+        except ValueError:
+            continue
+        if net not in found:
+            found.append(net)
+    return found
+
+
+def _element_list(nets: Iterable[ipaddress.IPv4Network]) -> str:
+    return ", ".join(str(net) for net in nets)
+
+
+def _collapse(nets: Iterable[ipaddress.IPv4Network]) -> list[ipaddress.IPv4Network]:
+    # nft refuses overlapping elements in an interval set; collapsing merges them.
+    return list(ipaddress.collapse_addresses(nets))
+
+
+def ruleset(rules: EgressRules, never: Sequence[ipaddress.IPv4Network]) -> str:
+    allowed = _collapse(net for net in rules.networks if isinstance(net, ipaddress.IPv4Network))
+    lines = [
+        f"table inet {TABLE} {{",
+        "  set host4 { type ipv4_addr; flags interval;",
+        f"    elements = {{ {_element_list(_collapse(never))} }} }}",
+        "  set allow4 { type ipv4_addr; flags interval;",
+        f"    elements = {{ {_element_list(allowed)} }} }}" if allowed else "  }",
+        f"  set {RESOLVED_SET} {{ type ipv4_addr; }}",
+        "  chain output {",
+        "    type filter hook output priority filter; policy drop;",
+        '    oif "lo" accept',
+        "    meta nfproto ipv6 reject",
+        "    ip daddr @host4 reject with icmp type admin-prohibited",
+        "    ct state established,related accept",
+        # DNS goes to the item's own DNS service (on loopback, accepted above) or nowhere:
+        # even under `*`, a resolver outside would resolve names the policy never saw.
+        "    udp dport 53 reject",
+        "    tcp dport 53 reject with tcp reset",
+        "    ip daddr @allow4 accept",
+        f"    ip daddr @{RESOLVED_SET} accept",
+        *(["    accept"] if rules.any_destination else []),
+        "    meta l4proto tcp reject with tcp reset",
+        "    reject with icmpx type admin-prohibited",
+        "  }",
+        "  chain input {",
+        "    type filter hook input priority filter; policy drop;",
+        '    iif "lo" accept',
+        "    ct state established,related accept",
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def install(netns: str, text: str) -> None:
+    await run_in_netns(netns, ["nft", "-f", "-"], stdin=text.encode())
+
+
+async def allow_resolved(netns: str, addresses: Sequence[str]) -> None:
+    """Add addresses the DNS service is about to answer with (validated as IPv4 first, since
+    the answer came from outside)."""
+    elements = ", ".join(str(ipaddress.IPv4Address(a)) for a in addresses)
+    await run_in_netns(
+        netns, ["nft", "add", "element", "inet", TABLE, RESOLVED_SET, f"{{ {elements} }}"]
+    )

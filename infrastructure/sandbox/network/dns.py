@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import structlog
 
-from domain.egress import EgressRules
+from domain.egress import EgressRules, normalize_name
 
 log = structlog.get_logger(__name__)
 
@@ -156,25 +156,27 @@ class DnsProxy(asyncio.DatagramProtocol):
     async def respond(self, query: Query) -> bytes:
         if query.qclass != 1:
             return build_response(query, RCODE_NOTIMP)
-        if not self._rules.allows_name(query.name):
+        name = normalize_name(query.name)
+        if name is None or not self._rules.allows_name(name):
             return build_response(query, RCODE_NXDOMAIN)
         if query.qtype != QTYPE_A:
             # An allowed name without AAAA (or any other type): clients fall back to A.
             return build_response(query, RCODE_NOERROR)
         async with self._limit:
             try:
-                resolved = await self._resolver(query.name)
+                resolved = await self._resolver(name)
             except OSError:
                 return build_response(query, RCODE_NXDOMAIN)
             except Exception as exc:
-                log.warning("egress_dns_resolver_failed", name=query.name, error=repr(exc))
+                log.warning("egress_dns_resolver_failed", name=name, error=repr(exc))
                 return build_response(query, RCODE_SERVFAIL)
             addresses = self._reachable(resolved)[:MAX_ANSWERS]
-            if addresses:
+            # Under `*` every address but the host's is open already.
+            if addresses and not self._rules.any_destination:
                 try:
                     await self._allow_addresses(addresses)
                 except Exception as exc:
-                    log.warning("egress_dns_allow_failed", name=query.name, error=repr(exc))
+                    log.warning("egress_dns_allow_failed", name=name, error=repr(exc))
                     return build_response(query, RCODE_SERVFAIL)
         return build_response(query, RCODE_NOERROR, addresses)
 

@@ -100,15 +100,20 @@ class ItemNetwork:
         uplink = rules.any_destination or bool(rules.networks) or rules.resolves_names
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         netns = _netns_file(root, name)
+        if netns.exists() or _metadata_file(root, name).exists():
+            raise SandboxError(f"an item network named {name!r} already exists under {root}")
         # The metadata goes first: whatever exists of this network from now on is reapable.
         meta = NetworkMetadata(
             worker_id=worker_id, name=name, netns=str(netns), created_at=time.time()
         )
         _write_metadata(root, meta)
         network: ItemNetwork | None = None
+        made_netns = False
         try:
             never = await firewall.host_networks() if uplink else list(firewall.ALWAYS_BLOCKED)
+            # create_netns removes its own file if it fails.
             sock = await asyncio.to_thread(create_netns, netns, DNS_ADDRESS)
+            made_netns = True
 
             async def allow(addresses: Sequence[str]) -> None:
                 await firewall.allow_resolved(str(netns), addresses)
@@ -129,7 +134,8 @@ class ItemNetwork:
             if network is not None:
                 await network.destroy()
             else:
-                remove_netns(netns)
+                if made_netns:
+                    remove_netns(netns)
                 _metadata_file(root, name).unlink(missing_ok=True)
             if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, SandboxError):
                 raise SandboxError(f"could not create the item network {name!r}: {exc}") from exc

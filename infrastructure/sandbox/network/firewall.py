@@ -23,14 +23,14 @@ from infrastructure.sandbox.network.netns import run, run_in_netns
 TABLE = "assay_egress"
 RESOLVED_SET = "resolved4"
 
-# Never reachable whatever the policy: slirp's gateway and DNS (both are the host), "this"
-# network, link-local (cloud metadata services answer there with the host's credentials),
-# multicast and limited broadcast. The host's own addresses are added at create time.
+# Never reachable whatever the policy: slirp's whole virtual network (its gateway 10.0.2.2 and
+# DNS 10.0.2.3 are the host; nothing else lives there), "this" network, loopback, link-local
+# (cloud metadata services answer there with the host's credentials), multicast and limited
+# broadcast. The host's own addresses are added at create time.
 ALWAYS_BLOCKED: tuple[ipaddress.IPv4Network, ...] = tuple(
     ipaddress.IPv4Network(net)
     for net in (
-        "10.0.2.2/32",
-        "10.0.2.3/32",
+        "10.0.2.0/24",
         "0.0.0.0/8",
         "127.0.0.0/8",
         "169.254.0.0/16",

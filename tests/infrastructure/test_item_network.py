@@ -15,6 +15,7 @@ where missing, failed instead under CI=true.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -33,7 +34,8 @@ import pytest
 from domain.egress import EgressRules
 from infrastructure.sandbox.network import RESOLV_CONF, ItemNetwork
 from infrastructure.sandbox.network.dns import DnsProxy, build_response, parse_query
-from infrastructure.sandbox.network.firewall import ALWAYS_BLOCKED
+from infrastructure.sandbox.network.firewall import ALWAYS_BLOCKED, HOST_TABLE_PREFIX
+from infrastructure.sandbox.network.item_network import SLIRP_GID
 from infrastructure.sandbox.protocol import EgressPolicy, SandboxError
 
 UNDER_CI = os.environ.get("CI", "").lower() == "true"
@@ -41,6 +43,10 @@ TOOLS = ("slirp4netns", "nft", "ip", "nsenter", "setpriv", "unshare")
 SYSTEM_PYTHON = "/usr/bin/python3"  # readable by uid 65534, unlike a virtualenv under /root
 SERVER_PORT = 8080
 TAG = f"aeg{os.getpid() % 100000}"  # unique per run: other sessions share this machine
+
+# Tests that take a filter away use a group of their own for slirp4netns, so they never remove
+# the guard of item networks that other tests (or other sessions) have running.
+CONTROL_GID = 2_147_480_000 - os.getpid() % 100000
 
 TEST_HOSTS = {  # name -> (address, the host's end of its veth)
     "allowed.test": ("10.203.1.2", "10.203.1.1"),
@@ -84,13 +90,13 @@ def _host_addresses() -> list[str]:
 SERVER = """
 import socket, sys, threading
 tag = sys.argv[1].encode()
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+def serve(s):
     while True:
         c, _ = s.accept(); c.sendall(tag + b"\\n"); c.close()
 for port in map(int, sys.argv[2:]):
-    threading.Thread(target=serve, args=(port,), daemon=True).start()
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)  # listening before "ready" is printed
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -176,6 +182,10 @@ def world() -> Iterator[World]:
                 assert c.recv(64) == b"HOST\n"  # live, so failing to reach it means blocked
         yield w
     finally:
+        subprocess.run(
+            ["nft", "delete", "table", "inet", f"{HOST_TABLE_PREFIX}{CONTROL_GID}"],
+            capture_output=True,
+        )
         for server in servers:
             server.kill()
             server.wait()
@@ -270,11 +280,15 @@ async def make(tmp_path: Path, world: World) -> AsyncIterator[list[ItemNetwork]]
 
 
 async def create(
-    made: list[ItemNetwork], root: Path, allow: tuple[str, ...] | None, name: str = "item"
+    made: list[ItemNetwork],
+    root: Path,
+    allow: tuple[str, ...] | None,
+    name: str = "item",
+    slirp_gid: int = SLIRP_GID,
 ) -> ItemNetwork:
     egress = None if allow is None else EgressPolicy(allow)
     network = await ItemNetwork.create(
-        root, name, egress, worker_id="w-test", resolver=test_resolver
+        root, name, egress, worker_id="w-test", resolver=test_resolver, slirp_gid=slirp_gid
     )
     made.append(network)
     return network
@@ -413,27 +427,45 @@ async def test_rules_naming_the_host_never_reach_it(
     await assert_host_unreachable(network, world)
 
 
-async def test_the_probe_sees_a_leak_when_the_filter_is_gone(
+async def test_an_address_the_host_gains_later_is_unreachable_too(
     make: list[ItemNetwork], tmp_path: Path, world: World
 ) -> None:
-    """Control: without the filter the host's addresses are reachable through slirp4netns, so
-    the probes above would catch a filter that let the host through."""
-    network = await create(make, tmp_path, ("*",))
-    subprocess.run(
-        [
-            "nsenter",
-            f"--net={network.netns_path}",
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            "assay_egress",
-        ],
-        check=True,
-    )
-    address = world.host_addresses[0]
-    results = await probe(network, [("connect", address, world.everywhere.port)])
-    assert results == [ok("HOST")]
+    """The item's own filter holds the host's addresses at create time; the host-side guard
+    refuses slirp4netns the host's addresses as they are when it connects."""
+    # A group of its own, so the guard is the one this create installed, not one left over.
+    network = await create(make, tmp_path, ("*",), slirp_gid=CONTROL_GID)
+    late, veth = "10.203.9.1", f"{TAG}h1"
+    _sh("ip", "addr", "add", f"{late}/32", "dev", veth)
+    try:
+        with socket.create_connection((late, world.everywhere.port), timeout=3) as c:
+            assert c.recv(64) == b"HOST\n"  # the host answers there now
+        results = await probe(network, [("connect", late, world.everywhere.port)])
+        # slirp4netns gets the refusal but does not pass it on: the sandbox times out.
+        assert results[0] in ("timeout", f"fail:{errno.ETIMEDOUT}"), results
+    finally:
+        _sh("ip", "addr", "del", f"{late}/32", "dev", veth)
+
+
+async def test_the_probe_sees_a_leak_when_the_filters_are_gone(
+    make: list[ItemNetwork], tmp_path: Path, world: World
+) -> None:
+    """Control: without the filters the host's addresses are reachable through slirp4netns, so
+    the probes above would catch a filter that let the host through. Each filter alone holds."""
+    network = await create(make, tmp_path, ("*",), slirp_gid=CONTROL_GID)
+    target: list[Action] = [("connect", world.host_addresses[0], world.everywhere.port)]
+    nsenter = ("nsenter", f"--net={network.netns_path}")
+    _sh(*nsenter, "nft", "delete", "table", "inet", "assay_egress")
+    assert (await probe(network, target))[0] == "timeout"  # the host guard holds
+    _sh("nft", "delete", "table", "inet", f"{HOST_TABLE_PREFIX}{CONTROL_GID}")
+    assert await probe(network, target) == [ok("HOST")]
+
+
+async def test_the_item_filter_alone_holds_the_host(
+    make: list[ItemNetwork], tmp_path: Path, world: World
+) -> None:
+    network = await create(make, tmp_path, ("*",), slirp_gid=CONTROL_GID)
+    _sh("nft", "delete", "table", "inet", f"{HOST_TABLE_PREFIX}{CONTROL_GID}")
+    await assert_host_unreachable(network, world)
 
 
 async def test_networks_of_two_items_are_separate(

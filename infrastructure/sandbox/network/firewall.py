@@ -1,4 +1,5 @@
-"""The item's packet filter (nftables, inside the item's namespace): deny all, allow the policy.
+"""The item's packet filters: deny all but the policy inside the item's namespace, and a guard on
+the host that refuses slirp4netns any connection to the host itself.
 
 Order matters and is the point of this module: loopback first (the item's own services and its
 DNS service), then the host dropped *before* anything can allow it (so no rule, `*` included,
@@ -22,6 +23,7 @@ from infrastructure.sandbox.network.netns import run, run_in_netns
 
 TABLE = "assay_egress"
 RESOLVED_SET = "resolved4"
+HOST_TABLE_PREFIX = "assay_slirp_guard_"
 
 # Never reachable whatever the policy: slirp's whole virtual network (its gateway 10.0.2.2 and
 # DNS 10.0.2.3 are the host; nothing else lives there), "this" network, loopback, link-local
@@ -100,6 +102,35 @@ def ruleset(rules: EgressRules, never: Sequence[ipaddress.IPv4Network]) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def host_guard_ruleset(slirp_gid: int) -> str:
+    """The host-side guard: slirp4netns runs with group `slirp_gid`, and any connection its
+    sockets open to an address the host answers on is refused *at the moment of connecting*,
+    by the kernel's own routing decision (`fib daddr type local`). Unlike the list read at
+    create time, this covers addresses the host gains later (a new bridge, a VPN). Loaded as
+    one transaction that replaces the table, so reloading it never leaves a gap."""
+    table = f"{HOST_TABLE_PREFIX}{slirp_gid}"
+    reject = "reject with icmpx type admin-prohibited"
+    return "\n".join(
+        [
+            f"add table inet {table}",
+            f"delete table inet {table}",
+            f"table inet {table} {{",
+            "  chain output {",
+            "    type filter hook output priority filter - 10; policy accept;",
+            f"    meta skgid {slirp_gid} fib daddr type {{ local, broadcast, multicast }} {reject}",
+            f"    meta skgid {slirp_gid} ip daddr {{ 0.0.0.0/8, 169.254.0.0/16 }} {reject}",
+            f"    meta skgid {slirp_gid} meta nfproto ipv6 {reject}",
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+async def install_host_guard(slirp_gid: int) -> None:
+    await run(["nft", "-f", "-"], stdin=host_guard_ruleset(slirp_gid).encode())
 
 
 async def install(netns: str, text: str) -> None:

@@ -5,7 +5,9 @@
 - A non-empty policy: slirp4netns gives the namespace a user-mode uplink (tap0, 10.0.2.100)
   whose connections the host's kernel makes on the item's behalf, and an nftables filter inside
   the namespace (see `firewall`) lets out only what the policy allows and never the host. The
-  filter is installed before slirp4netns starts, so there is no moment of open egress.
+  filter is installed before slirp4netns starts, so there is no moment of open egress. Since
+  slirp4netns connects from the host, a second, host-side guard refuses its sockets any address
+  the host answers on, including addresses the host gains after the item started.
 
 Lifetimes: slirp4netns gets an exit pipe from the worker, so it ends when the worker dies,
 however it dies. Beside each namespace file a metadata file names the owning worker, so
@@ -38,6 +40,9 @@ DNS_ADDRESS = ("127.0.0.53", 53)
 # The sandboxes' /etc/resolv.conf: the item's own DNS service, on the item's loopback.
 RESOLV_CONF = b"nameserver 127.0.0.53\noptions timeout:2 attempts:2\n"
 SLIRP_READY_TIMEOUT = 10.0
+# The group slirp4netns runs with (it stays uid 0, which it needs to join the namespace): the
+# host guard recognises its sockets by it. No file or process of the host should use it.
+SLIRP_GID = 2_147_480_001
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -91,6 +96,7 @@ class ItemNetwork:
         *,
         worker_id: str,
         resolver: Resolver = system_resolver,
+        slirp_gid: int = SLIRP_GID,
     ) -> ItemNetwork:
         """Raises ValueError for an invalid policy entry or name, SandboxError when the host
         fails (no root, no slirp4netns or nft)."""
@@ -127,8 +133,9 @@ class ItemNetwork:
                 raise
             network = cls(root, name, worker_id, transport, proxy)
             if uplink:
+                await firewall.install_host_guard(slirp_gid)
                 await firewall.install(str(netns), firewall.ruleset(rules, never))
-                await network._start_slirp()
+                await network._start_slirp(slirp_gid)
                 _write_metadata(root, msgspec.structs.replace(meta, slirp_pid=network._slirp_pid))
         except BaseException as exc:
             if network is not None:
@@ -147,7 +154,7 @@ class ItemNetwork:
     def _slirp_pid(self) -> int | None:
         return self._slirp.pid if self._slirp is not None else None
 
-    async def _start_slirp(self) -> None:
+    async def _start_slirp(self, slirp_gid: int) -> None:
         ready_r, ready_w = os.pipe()
         exit_r, exit_w = os.pipe()
         os.set_inheritable(exit_w, False)
@@ -155,6 +162,8 @@ class ItemNetwork:
         try:
             with open(log_path, "wb") as log_file:
                 self._slirp = await asyncio.create_subprocess_exec(
+                    # setpriv execs slirp4netns in place (same pid), in the guard's group.
+                    *("setpriv", f"--regid={slirp_gid}", "--clear-groups", "--"),
                     "slirp4netns",
                     "--configure",
                     "--mtu=65520",

@@ -468,6 +468,17 @@ async def test_the_item_filter_alone_holds_the_host(
     await assert_host_unreachable(network, world)
 
 
+async def test_a_missing_host_guard_is_loaded_again(
+    make: list[ItemNetwork], tmp_path: Path, world: World
+) -> None:
+    table = ("nft", "list", "table", "inet", f"{HOST_TABLE_PREFIX}{CONTROL_GID}")
+    await create(make, tmp_path, (A1,), name="first", slirp_gid=CONTROL_GID)
+    _sh("nft", "delete", "table", "inet", f"{HOST_TABLE_PREFIX}{CONTROL_GID}")
+    assert subprocess.run(table, capture_output=True).returncode != 0
+    await create(make, tmp_path, (A1,), name="second", slirp_gid=CONTROL_GID)
+    assert subprocess.run(table, capture_output=True, check=True).stdout.count(b"skgid") == 3
+
+
 async def test_networks_of_two_items_are_separate(
     make: list[ItemNetwork], tmp_path: Path, world: World
 ) -> None:

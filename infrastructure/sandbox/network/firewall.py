@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from domain.egress import EgressRules
-from infrastructure.sandbox.network.netns import run, run_in_netns
+from infrastructure.sandbox.network.netns import NetnsError, run, run_in_netns
 
 TABLE = "assay_egress"
 RESOLVED_SET = "resolved4"
@@ -129,8 +129,20 @@ def host_guard_ruleset(slirp_gid: int) -> str:
     )
 
 
-async def install_host_guard(slirp_gid: int) -> None:
-    await run(["nft", "-f", "-"], stdin=host_guard_ruleset(slirp_gid).encode())
+async def ensure_host_guard(slirp_gid: int) -> None:
+    """Load the guard unless it is there, whole. Checked on every item (a listing costs ~3 ms,
+    a reload ~16 ms), so a host whose ruleset was flushed gets it back."""
+    try:
+        listing = (
+            await run(["nft", "list", "table", "inet", f"{HOST_TABLE_PREFIX}{slirp_gid}"])
+        ).decode()
+    except NetnsError:
+        listing = ""  # no such table
+    whole = listing.count(f"meta skgid {slirp_gid} ") == 3 and (
+        "fib daddr type { local, broadcast, multicast }" in listing
+    )
+    if not whole:
+        await run(["nft", "-f", "-"], stdin=host_guard_ruleset(slirp_gid).encode())
 
 
 async def install(netns: str, text: str) -> None:

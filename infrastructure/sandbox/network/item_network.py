@@ -116,7 +116,12 @@ class ItemNetwork:
         network: ItemNetwork | None = None
         made_netns = False
         try:
-            never = await firewall.host_networks() if uplink else list(firewall.ALWAYS_BLOCKED)
+            never = list(firewall.ALWAYS_BLOCKED)
+            if uplink:
+                # Both are host-side commands, independent: run side by side.
+                never, _ = await asyncio.gather(
+                    firewall.host_networks(), firewall.ensure_host_guard(slirp_gid)
+                )
             # create_netns removes its own file if it fails.
             sock = await asyncio.to_thread(create_netns, netns, DNS_ADDRESS)
             made_netns = True
@@ -133,7 +138,6 @@ class ItemNetwork:
                 raise
             network = cls(root, name, worker_id, transport, proxy)
             if uplink:
-                await firewall.install_host_guard(slirp_gid)
                 await firewall.install(str(netns), firewall.ruleset(rules, never))
                 await network._start_slirp(slirp_gid)
                 _write_metadata(root, msgspec.structs.replace(meta, slirp_pid=network._slirp_pid))
@@ -211,15 +215,13 @@ class ItemNetwork:
         self._destroyed = True
         self._proxy.close()
         self._dns.close()
-        if self._slirp_exit_fd is not None:
-            os.close(self._slirp_exit_fd)  # slirp4netns exits on EOF of its exit pipe
-            self._slirp_exit_fd = None
         if self._slirp is not None and self._slirp.returncode is None:
-            try:
-                await asyncio.wait_for(self._slirp.wait(), 2)
-            except TimeoutError:
-                self._slirp.kill()
-                await self._slirp.wait()
+            # It keeps no state worth a graceful end, and the item's traffic must stop now.
+            self._slirp.kill()
+            await self._slirp.wait()
+        if self._slirp_exit_fd is not None:
+            os.close(self._slirp_exit_fd)
+            self._slirp_exit_fd = None
         remove_netns(_netns_file(self._root, self._name))
         for path in (
             self._root / f"{self._name}.slirp.log",

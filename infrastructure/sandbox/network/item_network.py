@@ -40,6 +40,7 @@ DNS_ADDRESS = ("127.0.0.53", 53)
 # The sandboxes' /etc/resolv.conf: the item's own DNS service, on the item's loopback.
 RESOLV_CONF = b"nameserver 127.0.0.53\noptions timeout:2 attempts:2\n"
 SLIRP_READY_TIMEOUT = 10.0
+MAX_RESOLVED_ADDRESSES = 4096
 # The group slirp4netns runs with (it stays uid 0, which it needs to join the namespace): the
 # host guard recognises its sockets by it. No file or process of the host should use it.
 SLIRP_GID = 2_147_480_001
@@ -126,8 +127,18 @@ class ItemNetwork:
             sock = await asyncio.to_thread(create_netns, netns, DNS_ADDRESS)
             made_netns = True
 
+            opened: set[str] = set()
+
             async def allow(addresses: Sequence[str]) -> None:
-                await firewall.allow_resolved(str(netns), addresses)
+                # Each address opens once; the set is bounded, since the names asked for
+                # (under a `*.suffix` rule, say) are the adversary's choice.
+                new = [a for a in addresses if a not in opened]
+                if not new:
+                    return
+                if len(opened) + len(new) > MAX_RESOLVED_ADDRESSES:
+                    raise SandboxError("too many resolved addresses for one item")
+                await firewall.allow_resolved(str(netns), new)
+                opened.update(new)
 
             proxy = DnsProxy(rules, resolver, allow, never)
             loop = asyncio.get_running_loop()
@@ -199,9 +210,7 @@ class ItemNetwork:
             os.close(exit_r)
         try:
             # slirp4netns writes "1" once tap0 is configured; EOF means it died.
-            ready = await asyncio.wait_for(
-                asyncio.to_thread(os.read, ready_r, 1), SLIRP_READY_TIMEOUT
-            )
+            ready = await _read_byte(ready_r, SLIRP_READY_TIMEOUT)
         finally:
             os.close(ready_r)
         if ready != b"1":
@@ -251,6 +260,29 @@ class ItemNetwork:
             meta_path.unlink(missing_ok=True)
             reaped.append(meta.name)
         return reaped
+
+
+async def _read_byte(fd: int, timeout: float) -> bytes:
+    """One byte from a pipe, without a thread (one left blocked on a closed fd could read a
+    reused one)."""
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            try:
+                done.set_result(os.read(fd, 1))
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                done.set_exception(exc)
+
+    loop.add_reader(fd, readable)
+    try:
+        return await asyncio.wait_for(done, timeout)
+    finally:
+        loop.remove_reader(fd)
 
 
 def _netns_file(root: Path, name: str) -> Path:

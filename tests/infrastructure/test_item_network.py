@@ -220,6 +220,15 @@ for action in json.loads(sys.argv[1]):
         elif kind == "resolve":
             infos = socket.getaddrinfo(action[1], 80, socket.AF_INET, socket.SOCK_STREAM)
             out.append(sorted({i[4][0] for i in infos}))
+        elif kind == "run":
+            import subprocess
+            done = subprocess.run(action[1:], capture_output=True)
+            out.append(f"exit:{done.returncode}")
+        elif kind == "bind-udp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((action[1], action[2]))
+            out.append("ok:bound")
         elif kind == "listen80":
             s = socket.socket(); s.bind(("127.0.0.1", 80)); s.listen(1)
             with socket.create_connection(("127.0.0.1", 80), timeout=3):
@@ -477,6 +486,29 @@ async def test_a_missing_host_guard_is_loaded_again(
     assert subprocess.run(table, capture_output=True).returncode != 0
     await create(make, tmp_path, (A1,), name="second", slirp_gid=CONTROL_GID)
     assert subprocess.run(table, capture_output=True, check=True).stdout.count(b"skgid") == 3
+
+
+async def test_the_sandbox_user_cannot_change_the_filter_or_take_the_dns_port(
+    make: list[ItemNetwork], tmp_path: Path, world: World
+) -> None:
+    network = await create(make, tmp_path, ("allowed.test",))
+    nft = shutil.which("nft")
+    assert nft is not None
+    results = await probe(
+        network,
+        [
+            ("run", nft, "flush", "ruleset"),
+            ("run", nft, "add", "element", "inet", "assay_egress", "allow4", "{ 10.203.3.2 }"),
+            ("connect", A3, SERVER_PORT),
+            ("bind-udp", "127.0.0.53", 53),
+            ("bind-udp", "0.0.0.0", 53),
+            ("resolve", "allowed.test"),  # still answered by the item's DNS service
+        ],
+    )
+    assert results[0] != "exit:0" and results[1] != "exit:0", results
+    assert str(results[2]).startswith("fail:")
+    assert results[3] == results[4] == f"fail:{errno.EADDRINUSE}"
+    assert results[5] == [A1]
 
 
 async def test_networks_of_two_items_are_separate(

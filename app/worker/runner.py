@@ -11,17 +11,23 @@ checker that breaks ends in `errored`; cancellation kills the sandbox within the
 from __future__ import annotations
 
 import asyncio
-import shlex
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from app.services.items import ItemHandle, ItemLost
+from app.worker.verification import (
+    CheckerBroke,
+    TaskUnrunnable,
+    check_flag,
+    check_flag_file,
+    run_checker,
+    run_task_script,
+)
 from domain import item as it
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.protocol import (
@@ -41,11 +47,13 @@ from infrastructure.sandbox.protocol import (
     SandboxSpec,
 )
 from infrastructure.tasks import (
+    FlagFileVerification,
     FlagVerification,
-    ScriptVerification,
     Task,
     TaskCatalog,
+    TaskScriptOutputError,
     UnknownTask,
+    parse_provision_output,
 )
 from infrastructure.work_queue import WorkQueue
 
@@ -53,15 +61,9 @@ log = structlog.get_logger("assay.worker")
 T = TypeVar("T")
 
 CANCEL_POLL_SECONDS = 0.5
-CHECKER_MAX_SECONDS = 300.0
-OUTPUT_KEPT = 4000
 
 
 class DeadlinePassed(Exception):
-    pass
-
-
-class CheckerBroke(Exception):
     pass
 
 
@@ -165,7 +167,11 @@ class ItemRunner:
             task = self.catalog.resolve(job.item.task_ref)
             sandbox = await self._provision(job, task)
             await self._setup(sandbox, task, deadline)
-            outcome = await self._run_agent(job, task, sandbox, deadline, redactions)
+            scripts_env = {**job.secrets_env, **task.service_environment(sandbox.endpoints())}
+            provided = await self._provision_script(task, sandbox, deadline, scripts_env)
+            outcome = await self._run_agent(
+                job, task, sandbox, deadline, redactions, provided, scripts_env
+            )
             # The agent's turn is over: every process it started dies before anything is
             # verified, however it detached, so nothing it left can touch what is checked.
             await sandbox.kill_all()
@@ -184,10 +190,20 @@ class ItemRunner:
             if isinstance(verification, FlagVerification):
                 prelude = [finished, verifying]
                 passed, result = check_flag(verification, outcome, redactions)
+            elif isinstance(verification, FlagFileVerification):
+                prelude = [finished, verifying]
+                passed, result = await check_flag_file(verification, sandbox, redactions)
             else:
                 # Verification starts the moment the agent is done: both in one append.
                 await self._record(job, finished, verifying)
-                passed, result = await self._run_checker(task, sandbox, deadline, redactions)
+                passed, result = await run_checker(
+                    task,
+                    sandbox,
+                    timeout_sec=deadline.remaining(),
+                    env=scripts_env,
+                    redactions=redactions,
+                )
+            await self._teardown(task, sandbox, scripts_env)
             ending = it.ItemVerdict(
                 item_id=job.item.id, evaluation_id=config_id(job), passed=passed, result=result
             )
@@ -200,7 +216,7 @@ class ItemRunner:
                 evaluation_id=config_id(job),
                 error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
             )
-        except CheckerBroke as exc:
+        except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError) as exc:
             ending = it.ItemErrored(
                 item_id=job.item.id, evaluation_id=config_id(job), error=str(exc)
             )
@@ -227,22 +243,57 @@ class ItemRunner:
     # ---- phases ----
 
     async def _provision(self, job: ItemJob, task: Task) -> Sandbox:
+        problems = task.service_problems(job.provider.name)
+        if problems:
+            raise TaskUnrunnable("; ".join(problems))
         spec = SandboxSpec(
             item_id=job.item.id,
             worker_id=job.handle.worker_id,
-            egress=EgressPolicy(("*",)) if task.network else None,
+            egress=egress_policy(task.egress_allow, job.evaluation.config.egress_overrides),
+            services=task.services,
             env=dict(job.secrets_env),
         )
         sandbox = await job.provider.provision(spec)
         job.sandbox = sandbox
         # The agent gets the task's files, never its answers: no task.yaml (it holds the flag),
-        # no reference solution, no checker (copied in only after the agent finished).
-        hidden = {"task.yaml"}
-        for path in (task.solution_path, task.checker_path):
-            if path is not None:
-                hidden.add(path.relative_to(task.bundle_dir).parts[0])
-        await sandbox.put_tree(task.bundle_dir, exclude=frozenset(hidden))
+        # no reference solution, no checker, no service's files (see Task.agent_tree).
+        tree = task.agent_tree()
+        if tree.source is not None:
+            await sandbox.put_tree(tree.source, exclude=tree.exclude)
         return sandbox
+
+    async def _provision_script(
+        self, task: Task, sandbox: Sandbox, deadline: Deadline, env: Mapping[str, str]
+    ) -> dict[str, str]:
+        """A dn task's `provision` script, run as a fresh principal (never the agent): its
+        JSON output fills the instruction's variables."""
+        if task.provision is None:
+            return {}
+        limit = min(deadline.remaining(), float(task.provision.timeout))
+        result = await run_task_script(
+            sandbox, task, task.provision.script, timeout_sec=limit, env=env
+        )
+        if result.timed_out or result.exit_code != 0:
+            deadline.remaining()
+            raise TaskUnrunnable(
+                f"provision script failed (exit {result.exit_code}): {result.stderr[-500:]}"
+            )
+        return parse_provision_output(result.stdout)
+
+    async def _teardown(self, task: Task, sandbox: Sandbox, env: Mapping[str, str]) -> None:
+        """A dn task's `teardown`: best effort, after the verdict is known; never changes it."""
+        if task.teardown is None:
+            return
+        try:
+            await run_task_script(
+                sandbox,
+                task,
+                task.teardown.script,
+                timeout_sec=float(task.teardown.timeout),
+                env=env,
+            )
+        except SandboxError as exc:
+            log.warning("task_teardown_failed", task=task.ref, error=str(exc))
 
     async def _setup(self, sandbox: Sandbox, task: Task, deadline: Deadline) -> None:
         if not task.setup:
@@ -263,6 +314,8 @@ class ItemRunner:
         sandbox: Sandbox,
         deadline: Deadline,
         redactions: tuple[str, ...],
+        provided: Mapping[str, str],
+        scripts_env: Mapping[str, str],
     ) -> AgentOutcome:
         session_id = str(uuid.uuid4())
         await self._record(
@@ -275,10 +328,11 @@ class ItemRunner:
             ),
         )
         config = job.evaluation.config
-        variables = {**config.task_config, **job.item.variables}
+        variables = {**config.task_config, **job.item.variables, **provided}
         context = AgentContext(
             task=task,
-            instruction=task.render_instruction(variables),
+            instruction=task.render_instruction(variables, sandbox.endpoints()),
+            env=scripts_env,
             model=config.model,
             max_steps=config.max_steps or self.default_max_steps,
             timeout_sec=deadline.remaining(),
@@ -299,35 +353,6 @@ class ItemRunner:
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()
         return outcome
-
-    async def _run_checker(
-        self, task: Task, sandbox: Sandbox, deadline: Deadline, redactions: tuple[str, ...]
-    ) -> tuple[bool, dict[str, Any]]:
-        verification = task.verification
-        if not isinstance(verification, ScriptVerification):
-            raise CheckerBroke(f"task {task.ref} has no verification config")
-        script = (task.bundle_dir / verification.script).read_text(errors="replace")
-        # A fresh principal that sees the agent's workspace read-only; the script travels in
-        # its command line, so no file the agent could have prepared is ever run as the checker.
-        checker = await sandbox.open_checker()
-        name = shlex.quote(Path(verification.script).name)
-        result = await checker.run(
-            f"bash -c {shlex.quote(script)} {name}",
-            timeout_sec=min(deadline.remaining(), CHECKER_MAX_SECONDS),
-        )
-        output = redact(result.stdout, redactions)[-OUTPUT_KEPT:]
-        if result.timed_out:
-            deadline.remaining()
-            raise CheckerBroke("checker did not finish in time")
-        if result.exit_code not in (0, 1):
-            raise CheckerBroke(
-                f"checker exited {result.exit_code}: {redact(result.stderr, redactions)[-500:]}"
-            )
-        return result.exit_code == 0, {
-            "verification": "script",
-            "exit_code": result.exit_code,
-            "output": output,
-        }
 
     # ---- endings ----
 
@@ -378,18 +403,6 @@ class ItemRunner:
         return None
 
 
-def check_flag(
-    verification: FlagVerification, outcome: AgentOutcome, redactions: tuple[str, ...]
-) -> tuple[bool, dict[str, Any]]:
-    submitted = outcome.submission or ""
-    passed = verification.matches(submitted)
-    return passed, {
-        "verification": "flag",
-        "submitted": redact(submitted.strip(), redactions)[:OUTPUT_KEPT],
-        "correct": passed,
-    }
-
-
 async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     """Await `work` to its end even if the caller is cancelled meanwhile; the cancellation is
     raised once it is done."""
@@ -410,3 +423,13 @@ async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
 
 def config_id(job: ItemJob) -> str:
     return job.item.evaluation_id
+
+
+def egress_policy(
+    task_allow: tuple[str, ...] | None, overrides: list[str] | None
+) -> EgressPolicy | None:
+    """Deny-all plus the task's `egress.allow` and the evaluation's `egress_overrides`; no
+    policy at all (the item's own network only) when neither says anything."""
+    if task_allow is None and overrides is None:
+        return None
+    return EgressPolicy(tuple(dict.fromkeys([*(task_allow or ()), *(overrides or ())])))

@@ -301,7 +301,9 @@ class _Run:
         if remaining <= 0:
             self.reply(call_id, "not run: the time budget is spent", {"tool": name})
             return self.outcome("timeout")
-        result = await self.sandbox.run(argument, timeout_sec=min(remaining, SHELL_TIMEOUT_SEC))
+        result = await self.sandbox.run(
+            argument, timeout_sec=min(remaining, SHELL_TIMEOUT_SEC), env=self.context.env
+        )
         self.reply(call_id, format_exec_result(result), {"tool": name, **exec_metadata(result)})
         return None
 

@@ -68,7 +68,7 @@ class OracleAgent:
         if remaining <= 0:
             recorder.add("tool", "not run: the time budget is spent", tool_call_id="call_1")
             return outcome("timeout", submission=None, total_tool_calls=1)
-        result = await sandbox.run(command, timeout_sec=remaining)
+        result = await sandbox.run(command, timeout_sec=remaining, env=context.env)
         recorder.add(
             "tool",
             format_exec_result(result),

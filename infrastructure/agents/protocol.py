@@ -41,6 +41,9 @@ class AgentContext(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = None
     # Values to redact from everything the agent records (secret values injected in the env).
     redact: tuple[str, ...] = ()
+    # Environment for the agent's commands: the task's services as scripts see them
+    # (`WEB_URL`, ...), beside the secrets the sandbox already carries.
+    env: Mapping[str, str] = {}
 
 
 class AgentOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,10 @@ class SandboxError(Exception):
     """The sandbox or its provider failed; not the agent's fault."""
 
 
+class SandboxFileNotFound(SandboxError, FileNotFoundError):
+    """`get_file` of a path that does not exist in the sandbox (catchable as either)."""
+
+
 class IsolationUnavailable(SandboxError):
     """The host cannot give the isolation asked for (strict without bubblewrap, say). The
     message says what is missing and how to fix it."""

@@ -20,10 +20,17 @@ from pathlib import Path
 import pytest
 
 from infrastructure.sandbox.local import StrictSandbox
+from infrastructure.sandbox.protocol import EgressPolicy
 from tests.infrastructure.strict_support import (
     commands_of_uid,
     provision,
     require_root,
+)
+from tests.infrastructure.test_item_network import (  # noqa: F401 (world is a fixture)
+    SERVER_PORT,
+    TEST_HOSTS,
+    World,
+    world,
 )
 from tests.infrastructure.test_strict_sandbox import web_service
 
@@ -285,3 +292,31 @@ async def test_a_planted_link_never_leads_the_worker_out_when_it_writes(
     # Whatever happened, nothing landed outside the workspace, and the host is untouched.
     assert "planted" not in Path("/etc/passwd").read_text()
     assert "planted" not in await sh(item, "cat /tmp/x.sh /etc/passwd 2>/dev/null")
+
+
+# -- egress through the item network -------------------------------------------------------
+
+
+async def test_egress_reaches_only_what_the_policy_allows_and_never_the_host(
+    tmp_path: Path,
+    world: World,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Test hosts in network namespaces of the test's own (see test_item_network.py): the one
+    the policy names answers; the other does not; no host address ever does."""
+    require_root()
+    allowed, _ = TEST_HOSTS["allowed.test"]
+    other, _ = TEST_HOSTS["other.test"]
+    box = await provision(tmp_path, egress=EgressPolicy((allowed,)))
+    try:
+        assert box.isolation["egress"] == "filtered"
+        probes = [(allowed, SERVER_PORT), (other, SERVER_PORT), *world.host_targets()]
+        script = "; ".join(
+            f"(exec 3<>/dev/tcp/{address}/{port} && head -c 20 <&3) 2>/dev/null"
+            f" | grep -q . && echo 'OPEN {address}:{port}'"
+            for address, port in probes
+        )
+        out = await sh(box, script + "; echo done", timeout=120)
+        assert f"OPEN {allowed}:{SERVER_PORT}" in out
+        assert out.count("OPEN") == 1, out
+    finally:
+        await box.destroy()

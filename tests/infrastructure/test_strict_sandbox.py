@@ -333,7 +333,7 @@ async def main():
     provider = LocalSandboxProvider(Path(sys.argv[1]))
     box = await provider.provision(SandboxSpec(item_id="item", worker_id="crashed"))
     await box.run("setsid nohup sleep 1000 > /dev/null 2>&1 &", timeout_sec=10)
-    print((await box.run("id -u", timeout_sec=10)).stdout.strip(), flush=True)
+    print("UID", (await box.run("id -u", timeout_sec=10)).stdout.strip(), flush=True)
     await asyncio.sleep(1000)
 
 asyncio.run(main())
@@ -349,7 +349,11 @@ async def test_a_sigkilled_workers_sandbox_dies_with_it_and_is_reaped(tmp_path: 
         cwd=Path(__file__).resolve().parents[2],
     )
     assert worker.stdout is not None
-    uid = int(worker.stdout.readline())
+    line = b""
+    while not line.startswith(b"UID "):  # the worker's own log lines come first
+        line = worker.stdout.readline()
+        assert line, "the worker exited before its sandbox ran"
+    uid = int(line.split()[1])
     assert live_pids_of_uid(uid)
     worker.send_signal(signal.SIGKILL)
     worker.wait()

@@ -12,11 +12,9 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from infrastructure.sandbox.protocol import SandboxError
+from infrastructure.sandbox.protocol import SandboxError, SandboxFileNotFound
 
-
-class SandboxFileNotFound(SandboxError, FileNotFoundError):
-    """`get_file` of a path that does not exist in the sandbox (catchable as either)."""
+__all__ = ["SandboxFileNotFound", "read_beneath", "relative_parts", "resolve_inside"]
 
 
 def relative_parts(path: str) -> tuple[str, ...]:

@@ -29,7 +29,6 @@ from infrastructure.sandbox.local.metadata import (
     write_meta,
 )
 from infrastructure.sandbox.local.mounts import mount_tmpfs
-from infrastructure.sandbox.local.netns import create_netns
 from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE, UidPool
 from infrastructure.sandbox.local.processes import boot_id, now_ticks, wait_gone
 from infrastructure.sandbox.local.strict import VIEW_CPUS, StrictSandbox, remove_item_files
@@ -37,6 +36,7 @@ from infrastructure.sandbox.local.strict_probe import FIX, StrictTools, probe_st
 from infrastructure.sandbox.local.view import Principal
 from infrastructure.sandbox.local.weak import WeakSandbox
 from infrastructure.sandbox.local.weak_probe import Isolation, probe_isolation
+from infrastructure.sandbox.network import ItemNetwork
 from infrastructure.sandbox.protocol import (
     IsolationLevel,
     IsolationUnavailable,
@@ -47,6 +47,8 @@ from infrastructure.sandbox.protocol import (
 # Traversable by every uid (see LocalSandboxProvider.views_root); one per host, shared by its
 # root workers, whose item ids never collide.
 STRICT_VIEWS_ROOT = Path("/run/assay/sandboxes")
+# Item networks (namespace files and their metadata), one folder per host likewise.
+NETWORKS_ROOT = Path("/run/assay/networks")
 
 
 class LocalSandboxProvider:
@@ -182,7 +184,7 @@ class LocalSandboxProvider:
 
     async def remove_item(self, meta: SandboxMeta, meta_path: Path) -> None:
         try:
-            await remove_item_files(meta, meta_path, Path(meta.netns) if meta.netns else None)
+            await remove_item_files(meta, meta_path)
         except OSError as exc:
             raise SandboxError(f"cannot remove sandbox {meta.id}: {exc}") from exc
         remove_stale(meta.id)
@@ -235,28 +237,33 @@ class LocalSandboxProvider:
         probe = await asyncio.to_thread(probe_strict)
         if probe.tools is None:
             raise IsolationUnavailable(self.unavailable_reason() or "strict isolation failed")
-        if spec.egress is not None and spec.egress.allow:
-            raise SandboxError(
-                "egress is not available on the local provider yet: the item network has no "
-                "route out (set no egress, or run the task on a provider that has it)"
+        root = os.geteuid() == 0
+        if not root and (spec.services or spec.egress is not None):
+            raise IsolationUnavailable(
+                "a strict sandbox with services or egress needs a root worker (the item's "
+                "network is made by root); run the worker as root, or set "
+                "ASSAY_SANDBOX_ISOLATION=weak"
             )
         meta, meta_path = self._new_meta(spec, strict=True)
         item_dir = Path(meta.path)
-        root = os.geteuid() == 0
-        netns = item_dir.with_name(item_dir.name + ".netns") if root else None
+        network: ItemNetwork | None = None
         try:
             await asyncio.to_thread(_make_item_dir, item_dir)
-            if netns is not None:
-                meta.netns = str(netns)
+            if root:
+                network = await ItemNetwork.create(
+                    NETWORKS_ROOT, meta.id, spec.egress, worker_id=spec.worker_id
+                )
+                meta.netns = network.netns_path
                 write_meta(meta_path, meta)
-                await create_netns(netns)
             agent = await self.new_principal(item_dir, "agent", "agent", spec)
             meta.mounts.append(str(Path(agent.workspace).parent))
             write_meta(meta_path, meta)
         except BaseException:
+            if network is not None:
+                await network.destroy()
             await self.remove_item(meta, meta_path)
             raise
-        sandbox = StrictSandbox(self, spec, meta, meta_path, netns=netns, agent=agent)
+        sandbox = StrictSandbox(self, spec, meta, meta_path, network=network, agent=agent)
         try:
             await sandbox.start_services(spec.services)
         except BaseException:
@@ -282,6 +289,8 @@ class LocalSandboxProvider:
             if meta.worker_id not in live_worker_ids and not meta.kept
         ]
         reaped: list[str] = []
+        if os.geteuid() == 0:
+            await asyncio.to_thread(ItemNetwork.reap_orphans, NETWORKS_ROOT, live_worker_ids)
         for meta in orphans:
             killed = await asyncio.to_thread(terminate_recorded, meta)
             await wait_gone(killed, KILL_WAIT_SEC)

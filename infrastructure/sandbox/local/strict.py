@@ -1,13 +1,14 @@
 """The strict local sandbox: every principal of an item in a bubblewrap view of its own.
 
 An item gets a folder `<root>/<id>/` (0711: traversable, not listable) holding one folder per
-principal, each a size-bounded tmpfs owned by that principal's uid (0700) with `workspace/`
-and `tmp/` inside, plus one network namespace (`<root>/<id>.netns`) that all its principals
-join. The agent's view is started on first use and ended by `kill_all` (the end of its turn):
-killing its PID 1 kills everything it started, however it detached; the next `run` starts a
-fresh view over the same workspace. Services are started at provision, each as its own uid
-from a copy of its build context, and are ready when their ports accept. A checker is a fresh
-view as yet another uid that sees the agent's workspace read-only.
+principal, each a size-bounded tmpfs owned by that principal's uid with `workspace/` and `tmp/`
+inside, plus one item network (`infrastructure.sandbox.network.ItemNetwork`: a namespace with
+deny-all egress and the allow-list) that all its principals join. The agent's view is started
+on first use and ended by `kill_all` (the end of its turn): killing its PID 1 kills everything
+it started, however it detached; the next `run` starts a fresh view over the same workspace.
+Services are started at provision, each as its own uid from a copy of its build context, and
+are ready when their ports accept. A checker is a fresh view as yet another uid that sees the
+agent's workspace read-only.
 
 The worker reads files the agent left (`get_file`) itself, following no link, once the
 agent's processes are gone; it places files through the view's own server, as the view's uid,
@@ -30,9 +31,9 @@ from infrastructure.sandbox.local.exec_client import ExecServer
 from infrastructure.sandbox.local.files import SandboxFileNotFound, read_beneath, relative_parts
 from infrastructure.sandbox.local.metadata import SandboxMeta, remove_sandbox_files, write_meta
 from infrastructure.sandbox.local.mounts import is_mount_point, unmount
-from infrastructure.sandbox.local.netns import destroy_netns
 from infrastructure.sandbox.local.processes import read_stat
 from infrastructure.sandbox.local.view import Principal, ViewFds, bwrap_argv
+from infrastructure.sandbox.network import ItemNetwork
 from infrastructure.sandbox.protocol import (
     WORKSPACE,
     ExecResult,
@@ -71,7 +72,7 @@ class StrictSandbox:
         meta: SandboxMeta,
         meta_path: Path,
         *,
-        netns: Path | None,
+        network: ItemNetwork | None,
         agent: Principal,
         checker_of: StrictSandbox | None = None,
     ) -> None:
@@ -80,7 +81,8 @@ class StrictSandbox:
         self._meta = meta
         self._meta_path = meta_path
         self._dir = Path(meta.path)
-        self._netns = netns
+        self._network = network
+        self._netns = Path(network.netns_path) if network is not None else None
         self._agent = _View(agent)
         self._services: dict[str, _View] = {}
         self._endpoints: dict[str, ServiceEndpoint] = {}
@@ -129,6 +131,7 @@ class StrictSandbox:
                 hosts=self._hosts(),
                 own_network=self._netns is None,
                 extra_folders=view.extra,
+                resolv_conf=self._resolv_conf(),
             )
             argv = provider.tools.enter(self._netns, principal.uid, principal.group) + argv
             server = ExecServer(f"{principal.role} {principal.name}", provider.output_limit)
@@ -149,6 +152,10 @@ class StrictSandbox:
                 self._save_meta()
             view.server = server
             return server
+
+    def _resolv_conf(self) -> bytes | None:
+        root = self._checker_of or self
+        return root._network.resolv_conf if root._network is not None else None
 
     def _hosts(self) -> list[str]:
         root = self._checker_of or self
@@ -264,7 +271,7 @@ class StrictSandbox:
             self.spec,
             self._meta,
             self._meta_path,
-            netns=self._netns,
+            network=self._network,
             agent=checker_principal,
             checker_of=self,
         )
@@ -347,6 +354,8 @@ class StrictSandbox:
         self._destroyed = True
         if not already:
             await self._stop_all()
+        if self._network is not None:
+            await self._network.destroy()
         await self._provider.remove_item(self._meta, self._meta_path)
         for view in [self._agent, *self._services.values()]:
             self._provider.release(view.principal.uid)
@@ -376,8 +385,9 @@ def _tail(path: Path) -> str:
     return ""
 
 
-async def remove_item_files(meta: SandboxMeta, meta_path: Path, netns: Path | None) -> None:
-    """Unmount what the item mounted, drop its network, remove its folder and metadata."""
+async def remove_item_files(meta: SandboxMeta, meta_path: Path) -> None:
+    """Unmount what the item mounted, remove its folder and metadata (its network is the
+    ItemNetwork's to remove)."""
 
     def remove() -> None:
         for mount in meta.mounts:
@@ -386,6 +396,4 @@ async def remove_item_files(meta: SandboxMeta, meta_path: Path, netns: Path | No
                     unmount(Path(mount))
         remove_sandbox_files(Path(meta.path), meta_path)
 
-    if netns is not None:
-        await destroy_netns(netns)
     await asyncio.to_thread(remove)

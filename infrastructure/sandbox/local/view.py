@@ -139,6 +139,7 @@ def bwrap_argv(
     hosts: Iterable[str],
     own_network: bool,
     extra_folders: Iterable[tuple[str, str]] = (),
+    resolv_conf: bytes | None = None,
 ) -> list[str]:
     """The bwrap command of `principal`'s view, ending with the exec server (whose control
     socket number the caller appends). `own_network`: a fresh network namespace (loopback
@@ -176,7 +177,10 @@ def bwrap_argv(
         principal.tmp,
         "/tmp",
     ]
-    for view_path, content in identity_files(principal, hosts).items():
+    files = identity_files(principal, hosts)
+    if resolv_conf is not None:
+        files["/etc/resolv.conf"] = resolv_conf
+    for view_path, content in files.items():
         args += ["--ro-bind-data", str(fds.data(content)), view_path]
     for host_path, view_path in extra_folders:
         args += ["--ro-bind", host_path, view_path]

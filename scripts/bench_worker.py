@@ -1,7 +1,8 @@
 """Benchmark the execution engine: items/s and the service's own overhead per item.
 
     .venv/bin/python scripts/bench_worker.py [--backend sqlite|postgresql|both] [--items N]
-        [--quick] [--concurrency 1,8,32] [--profile C] [--agent-seconds S] [--keep]
+        [--quick] [--concurrency 1,8,32] [--profile C] [--agent-seconds S] [--oracle]
+        [--isolation weak,strict] [--keep]
 
 For each backend and each concurrency C it creates one evaluation of N items (default 1,000;
 --quick: 100) of a trivial task (flag verification, no setup) with the `nop` agent, and runs
@@ -9,7 +10,11 @@ it with an in-process WorkerPool of C slots (what `assay worker --slots C` runs)
 migrated database. With --agent-seconds S the `oracle` agent runs instead, and the task's
 solution sleeps S seconds in the sandbox before printing the flag: items then arrive at the
 service spread out, as real agents' do, instead of all at once (e.g. `--agent-seconds 0.5
---concurrency 32 --items 320`). Every figure comes from the event log of that evaluation:
+--concurrency 32 --items 320`); `--oracle` alone runs that solution without the sleep (a full
+oracle item: a sandbox view, the solution's command, the flag check). `--isolation` runs each
+configuration under each sandbox isolation level (default: weak then strict, side by side,
+with strict's extra overhead per item printed after the table). Every figure comes from the
+event log of that evaluation:
 
 - wall: first item.claimed to last terminal event (recorded_at);
 - items/s = N / wall;
@@ -82,6 +87,8 @@ from infrastructure.settings import Settings  # noqa: E402
 
 TARGET_MS = 20.0
 TARGET_CONCURRENCY = 32
+# What strict isolation may add over weak, per item, at TARGET_CONCURRENCY.
+ISOLATION_TARGET_MS = 10.0
 TASK = "bench-nop"
 # --agent-seconds: the oracle agent runs this task's solution, which sleeps, then prints the flag.
 SLEEP_TASK = "bench-sleep"
@@ -140,6 +147,7 @@ class Result:
     retries: int
     mean_in_flight: float = 0.0
     probes: dict[str, float] = field(default_factory=dict)
+    isolation: str = ""
 
 
 def analyse(backend: str, concurrency: int, records: Iterable[Any], cpu_seconds: float) -> Result:
@@ -249,7 +257,7 @@ class PgDatabase:
 def write_task(root: Path, agent_seconds: float) -> Path:
     for name in (TASK, SLEEP_TASK):
         bundle = root / "tasks" / name
-        bundle.mkdir(parents=True)
+        bundle.mkdir(parents=True, exist_ok=True)
         (bundle / "task.yaml").write_text(
             f"name: {name}\n"
             'version: "1.0.0"\n'
@@ -318,7 +326,7 @@ async def run_one(
     concurrency: int,
     count: int,
     profiler: cProfile.Profile | None = None,
-    agent_seconds: float = 0.0,
+    oracle: bool = False,
 ) -> Result:
     pool = container.worker_pool(concurrency)
     await pool.start()
@@ -330,8 +338,8 @@ async def run_one(
             CreateEvaluationRequest(
                 name=f"bench-c{concurrency}",
                 model="bench",
-                agent_type="oracle" if agent_seconds else "nop",
-                task_names=[SLEEP_TASK if agent_seconds else TASK] * count,
+                agent_type="oracle" if oracle else "nop",
+                task_names=[SLEEP_TASK if oracle else TASK] * count,
                 concurrency=concurrency,
             ),
         )
@@ -376,46 +384,52 @@ async def bench_backend(
         await pg.create()
         url = pg.url
     profile_text: str | None = None
+    oracle = args.oracle or bool(args.agent_seconds)
+    results = []
     try:
         await upgrade(url)
-        settings = Settings(
-            database_url=url,
-            workers=0,
-            rate_limit=0,
-            secret_key=Fernet.generate_key().decode(),
-            task_paths=(str(write_task(workdir, args.agent_seconds)),),
-            sandbox_root=str(workdir / "sandboxes"),
-            log_level="WARNING",
-        )
-        container = Container.build(settings)
-        try:
-            boot = await bootstrap(
-                container.identity, org_key="bench", workspace_key="main", email="b@x.y"
+        ctx: CommandContext | None = None
+        for level in args.isolation:
+            settings = Settings(
+                database_url=url,
+                workers=0,
+                rate_limit=0,
+                secret_key=Fernet.generate_key().decode(),
+                task_paths=(str(write_task(workdir, args.agent_seconds)),),
+                sandbox_root=str(workdir / "sandboxes"),
+                sandbox_isolation=level,
+                log_level="WARNING",
             )
-            principal = await container.identity.authenticate(boot.raw_key)
-            assert principal is not None
-            ctx = CommandContext(
-                principal=principal, org_id=boot.org.id, workspace_id=boot.workspace.id
-            )
-            progress(f"{backend}: warm-up (20 items, concurrency 4)")
-            await run_one(container, ctx, backend, 4, 20)
-            results = []
-            for concurrency in args.concurrency:
-                profiler = cProfile.Profile() if concurrency == args.profile else None
-                progress(f"{backend}: {args.items} items at concurrency {concurrency}")
-                result = await run_one(
-                    container, ctx, backend, concurrency, args.items, profiler, args.agent_seconds
-                )
-                results.append(result)
-                progress(
-                    f"{backend} c={concurrency}: {result.rate:.1f} items/s, "
-                    f"overhead {result.overhead_ms:.1f} ms/item, "
-                    f"in service {result.in_service_ms:.1f} ms/item"
-                )
-                if profiler is not None:
-                    profile_text = profile_report(profiler, backend, concurrency)
-        finally:
-            await container.close()
+            container = Container.build(settings)
+            try:
+                if ctx is None:
+                    boot = await bootstrap(
+                        container.identity, org_key="bench", workspace_key="main", email="b@x.y"
+                    )
+                    principal = await container.identity.authenticate(boot.raw_key)
+                    assert principal is not None
+                    ctx = CommandContext(
+                        principal=principal, org_id=boot.org.id, workspace_id=boot.workspace.id
+                    )
+                progress(f"{backend} {level}: warm-up (20 items, concurrency 4)")
+                await run_one(container, ctx, backend, 4, 20, oracle=oracle)
+                for concurrency in args.concurrency:
+                    profiler = cProfile.Profile() if concurrency == args.profile else None
+                    progress(f"{backend} {level}: {args.items} items at concurrency {concurrency}")
+                    result = await run_one(
+                        container, ctx, backend, concurrency, args.items, profiler, oracle
+                    )
+                    result.isolation = level
+                    results.append(result)
+                    progress(
+                        f"{backend} {level} c={concurrency}: {result.rate:.1f} items/s, "
+                        f"overhead {result.overhead_ms:.1f} ms/item, "
+                        f"in service {result.in_service_ms:.1f} ms/item"
+                    )
+                    if profiler is not None:
+                        profile_text = profile_report(profiler, backend, concurrency)
+            finally:
+                await container.close()
     finally:
         if pg is not None:
             await pg.drop()
@@ -442,6 +456,8 @@ def profile_report(profiler: cProfile.Profile, backend: str, concurrency: int) -
 def agent_label(args: argparse.Namespace) -> str:
     if args.agent_seconds:
         return f"oracle agent sleeping {args.agent_seconds:g} s in the sandbox"
+    if args.oracle:
+        return "oracle agent (its solution prints the flag in the sandbox)"
     return "nop agent"
 
 
@@ -451,11 +467,11 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
         f"(python {platform.python_version()}, {os.cpu_count()} cores)\n"
     )
     print(
-        "| backend | concurrency | items/s | overhead ms/item "
+        "| backend | isolation | concurrency | items/s | overhead ms/item "
         f"| target (<{TARGET_MS:.0f} ms at c={TARGET_CONCURRENCY}) | in-service ms/item (p50) "
         "| slot ms/item | p50 latency | p99 latency | CPU ms/item | mean in flight |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if r.concurrency == TARGET_CONCURRENCY:
             verdict = (
@@ -466,7 +482,8 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
         else:
             verdict = "n/a"
         print(
-            f"| {r.backend} | {r.concurrency} | {r.rate:.1f} | {r.overhead_ms:.2f} | {verdict} "
+            f"| {r.backend} | {r.isolation} | {r.concurrency} | {r.rate:.1f} "
+            f"| {r.overhead_ms:.2f} | {verdict} "
             f"| {r.in_service_ms:.1f} ({r.in_service_p50_ms:.1f}) | {r.slot_ms:.1f} "
             f"| {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms "
             f"| {r.cpu_ms:.2f} | {r.mean_in_flight:.1f} |"
@@ -478,6 +495,7 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
         " law), so it grows with C.\nslot = (wall x C - agent and checker time) / items ="
         " C x overhead."
     )
+    print_isolation_cost(results)
     print("\nMean time between an item's events (ms), and between consecutive claims:\n")
     labels = [label for _, _, label in PHASES]
     print("| backend | c | " + " | ".join(labels) + " | claim -> next claim |")
@@ -504,6 +522,36 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
         )
 
 
+def print_isolation_cost(results: list[Result]) -> None:
+    """What strict costs over weak, per item, for each backend and concurrency run both ways.
+    Target: at most ISOLATION_TARGET_MS more at concurrency 32."""
+    weak = {(r.backend, r.concurrency): r for r in results if r.isolation == "weak"}
+    rows = [
+        (weak[(r.backend, r.concurrency)], r)
+        for r in results
+        if r.isolation == "strict" and (r.backend, r.concurrency) in weak
+    ]
+    if not rows:
+        return
+    print("\nStrict over weak (overhead ms/item; wall ms/item = wall / items):\n")
+    print(
+        "| backend | c | weak overhead | strict overhead | strict - weak | wall ms/item weak "
+        "| wall ms/item strict | CPU ms/item weak | CPU ms/item strict | verdict |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for w, s in rows:
+        extra = s.overhead_ms - w.overhead_ms
+        verdict = "n/a"
+        if s.concurrency == TARGET_CONCURRENCY:
+            verdict = "met" if extra <= ISOLATION_TARGET_MS else "MISSED"
+            verdict += f" (target <= {ISOLATION_TARGET_MS:.0f} ms)"
+        print(
+            f"| {s.backend} | {s.concurrency} | {w.overhead_ms:.2f} | {s.overhead_ms:.2f} "
+            f"| {extra:+.2f} | {w.wall * 1000 / w.items:.2f} | {s.wall * 1000 / s.items:.2f} "
+            f"| {w.cpu_ms:.2f} | {s.cpu_ms:.2f} | {verdict} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
@@ -524,6 +572,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="instead of nop, the oracle agent running a solution that sleeps this long "
         "(items do not all queue on the service at once, as with real agents)",
+    )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="the oracle agent, its solution printing the flag at once (a full oracle item)",
+    )
+    parser.add_argument(
+        "--isolation",
+        type=lambda raw: raw.split(","),
+        default=["weak", "strict"],
+        help="comma-separated sandbox isolation levels to run (default weak,strict)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ import pytest
 from app.worker.runner import CANCEL_POLL_SECONDS
 from tests.app.conftest import run_identity
 from tests.app.execution_fixtures import (
+    FLAG_FILES,
     HAPPY_PATH,
     SHIPPED_FLAGS,
     SHIPPED_TASKS,
@@ -193,10 +194,19 @@ def test_oracle_passes_every_shipped_task_through_every_phase(service: Start) ->
         ]
         assert all(stamps), item
         assert [epoch(s) for s in stamps] == sorted(epoch(s) for s in stamps)
-        if item["task_name_snapshot"] in SHIPPED_FLAGS:
+        name = item["task_name_snapshot"]
+        if name in FLAG_FILES:
             assert item["result_json"] == {
                 "verification": "flag",
-                "submitted": SHIPPED_FLAGS[item["task_name_snapshot"]],
+                "path": FLAG_FILES[name],
+                "found": True,
+                "submitted": SHIPPED_FLAGS[name],
+                "correct": True,
+            }
+        elif name in SHIPPED_FLAGS:
+            assert item["result_json"] == {
+                "verification": "flag",
+                "submitted": SHIPPED_FLAGS[name],
                 "correct": True,
             }
         else:
@@ -263,7 +273,15 @@ def test_nop_fails_every_shipped_task_and_the_evaluation_still_completes(service
         assert item["verified_at"] is not None
         result = item["metadata_json"]["_dreadnode"]["agent_result"]
         assert (result["agent"], result["stop_reason"]) == ("nop", "finished")
-        if item["task_name_snapshot"] in SHIPPED_FLAGS:
+        name = item["task_name_snapshot"]
+        if name in FLAG_FILES:
+            # nop wrote nothing: a missing answer file is a wrong answer, not an error.
+            assert item["result_json"] == {
+                "verification": "flag",
+                "path": FLAG_FILES[name],
+                "found": False,
+            }
+        elif name in SHIPPED_FLAGS:
             assert item["result_json"] == {
                 "verification": "flag",
                 "submitted": "",

@@ -10,6 +10,7 @@ solution that outlives its deadline).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import textwrap
 import time
@@ -24,6 +25,8 @@ from litestar.testing import TestClient
 
 from app.main import create_app
 from infrastructure.identity.bootstrap import bootstrap
+from infrastructure.sandbox.local import LocalSandboxProvider
+from infrastructure.sandbox.local.provider import NETWORKS_ROOT, STRICT_VIEWS_ROOT
 from infrastructure.settings import Settings
 from tests.app.conftest import Api, make_settings, run_identity
 
@@ -172,10 +175,10 @@ class Engine:
             time.sleep(0.05)
 
     def leftover_sandboxes(self, item_id: str) -> list[Path]:
-        """Directories and metadata files the local provider made for `item_id`."""
-        if not self.sandbox_root.exists():
-            return []
-        return sorted(self.sandbox_root.glob(f"{item_id}--*"))
+        """Folders, metadata and network files the local provider made for `item_id` (strict
+        views of a root worker live under /run/assay, their metadata in the sandbox root)."""
+        roots = [self.sandbox_root, STRICT_VIEWS_ROOT, NETWORKS_ROOT]
+        return sorted(p for root in roots if root.exists() for p in root.glob(f"{item_id}--*"))
 
 
 def bootstrap_tenant(settings: Settings) -> Any:
@@ -205,7 +208,11 @@ def running_service(
     values.update(overrides)
     settings = make_settings(database_url, **values)
     tenant = bootstrap_tenant(settings)
-    with TestClient(create_app(settings)) as client:
+    with contextlib.ExitStack() as stack:
+        # Kept sandboxes (cleanup_policy on_success) outlive the service: the operator's, here
+        # the test's, to remove once it has looked at them.
+        stack.callback(discard_sandboxes, sandbox_root)
+        client = stack.enter_context(TestClient(create_app(settings)))
         yield Engine(
             api=Api(
                 client=client,
@@ -220,6 +227,16 @@ def running_service(
             sandbox_root=sandbox_root,
             workspace_id=tenant.workspace.id,
         )
+
+
+def discard_sandboxes(sandbox_root: Path) -> None:
+    provider = LocalSandboxProvider(sandbox_root)
+
+    async def discard_all() -> None:
+        for meta in provider.sandboxes():
+            await provider.discard(meta.id)
+
+    asyncio.run(discard_all())
 
 
 def write_bundle(

@@ -7,10 +7,12 @@ serving an honest evaluation, and the items record the isolation they ran under.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from infrastructure.tasks import SHIPPED_TASKS_DIR, load_catalog
 from tests.app.execution_fixtures import Engine, running_service, write_bundle
 from tests.infrastructure.strict_support import require_root, require_strict
 
@@ -128,3 +130,42 @@ def test_under_weak_isolation_the_same_cheat_works_and_the_verdict_says_weak(
         assert item["metadata_json"]["sandbox"]["isolation"]["level"] == "weak"
         assert engine.evaluation(created["id"])["sandbox_isolation"] == {"weak": 1}
         assert engine.analytics(created["id"])["sandbox_isolation"] == {"weak": 1}
+
+
+SHORTCUT_VERSION = "9.9.9-shortcut"
+SHORTCUT = r"""
+# Every obvious place the answer could be read from directly: the shipped bundle on the host,
+# the service's build context, other principals' folders, any process's root.
+found=$(cat {bundle}/task.yaml {bundle}/*/secret/* {bundle}/web/* \
+    /run/assay/sandboxes/*/*/workspace/secret/* /run/assay/sandboxes/*/*/workspace/*.txt \
+    /proc/*/root{bundle}/task.yaml 2>/dev/null | grep -o 'FLAG{{[^}}]*}}' | tail -1)
+echo "$found" > /tmp/result.txt
+echo "$found"
+"""
+
+
+def test_every_shipped_task_resists_its_obvious_shortcut(
+    hostile: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Each shipped bundle, with its reference solution swapped for one that reads the answer
+    straight from the files (the bundle, the service's secret): every item must fail."""
+    bundles, database_url = hostile
+    for task in load_catalog().tasks():
+        if task.bundle_dir.parent != SHIPPED_TASKS_DIR:
+            continue
+        copy = bundles / task.name
+        shutil.copytree(task.bundle_dir, copy)
+        assert task.solution is not None
+        spec = (copy / "task.yaml").read_text()
+        (copy / "task.yaml").write_text(spec.replace(task.version, SHORTCUT_VERSION, 1))
+        (copy / task.solution).write_text(
+            "#!/usr/bin/env bash\n" + SHORTCUT.format(bundle=task.bundle_dir)
+        )
+    names = sorted(path.name for path in bundles.iterdir())
+    assert len(names) == 5
+    with running_service(database_url, tmp_path, task_paths=(str(bundles),)) as engine:
+        # The copies are other versions of the shipped tasks: ask for them by version.
+        items = run(engine, *(f"{name}@{SHORTCUT_VERSION}" for name in names))
+        assert set(items) == set(names)
+        for name, item in items.items():
+            assert item["status"] == "failed", (name, item["result_json"])

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from app.worker.runner import CANCEL_POLL_SECONDS
+from infrastructure.sandbox.local.provider import STRICT_VIEWS_ROOT
 from tests.app.conftest import run_identity
 from tests.app.execution_fixtures import (
     FLAG_FILES,
@@ -73,6 +74,13 @@ def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Start]
             return stack.enter_context(running_service(database_url, tmp_path, **overrides))
 
         yield start
+
+
+# The tests below watch a sandbox's processes from the host through files they write outside
+# the sandbox, which the strict view (rightly) forbids: they run the weak sandbox, whose kills
+# are the same engine code paths. The strict view's own kills (deadline, end of turn, cancel)
+# are pinned in tests/infrastructure/test_strict_sandbox.py and the adversarial suites.
+WITNESSED = "weak"
 
 
 def heartbeat_loop(path: Path | str, seconds: int | None = None) -> str:
@@ -312,7 +320,7 @@ def test_an_item_past_its_deadline_is_timed_out_and_its_process_tree_killed(
             echo 'FLAG{{ok}}'
         """,
     )
-    engine = service()
+    engine = service(sandbox_isolation=WITNESSED)
     created = engine.create(
         name="deadline", capability="oracle", task_names=["outlives-deadline"], task_timeout_sec=2
     )
@@ -434,7 +442,7 @@ def test_cancel_kills_the_running_sandbox_and_cancels_queued_siblings(
             echo 'FLAG{{ok}}'
         """,
     )
-    engine = service()
+    engine = service(sandbox_isolation=WITNESSED)
     created = engine.create(
         name="cancel-me", capability="oracle", task_names=["long-haul"] * 3, concurrency=1
     )
@@ -487,7 +495,7 @@ def test_cancel_during_setup_kills_the_sandbox_too(
         setup=heartbeat_loop(heartbeat, seconds=60),
         solution="echo 'FLAG{ok}'",
     )
-    engine = service()
+    engine = service(sandbox_isolation=WITNESSED)
     created = engine.create(
         name="cancel-setup", capability="oracle", task_names=["slow-setup"], task_timeout_sec=20
     )
@@ -521,7 +529,7 @@ def test_a_cancelled_run_stops_even_when_its_item_is_requeued_at_once(
             echo 'FLAG{{ok}}'
         """,
     )
-    engine = service()
+    engine = service(sandbox_isolation=WITNESSED)
     created = engine.create(name="flip", capability="oracle", task_names=["per-run-beat"])
     [item] = engine.items(created["id"])
     engine.wait_item(created["id"], item["id"], {"agent_running"})
@@ -564,7 +572,7 @@ def test_an_item_requeued_right_after_a_cancel_runs_again_with_its_lease_kept(
         """,
     )
     # Short leases, so a lease that is not renewed lapses within the test.
-    engine = service(lease_seconds=1.0)
+    engine = service(lease_seconds=1.0, sandbox_isolation=WITNESSED)
     created = engine.create(name="flip", capability="oracle", task_names=["second-run-longer"])
     [item] = engine.items(created["id"])
     engine.wait_item(created["id"], item["id"], {"agent_running"})
@@ -616,23 +624,24 @@ def test_cleanup_on_success_keeps_the_sandbox_of_an_item_that_did_not_pass(
     assert failed_item["status"] == "failed"
     # The sandbox is kept right after the verdict: poll for the note.
     deadline = time.monotonic() + 10
-    while "sandbox" not in failed_item["metadata_json"]:
+    while not failed_item["metadata_json"]["sandbox"].get("kept"):
         assert time.monotonic() < deadline, failed_item
         time.sleep(0.05)
         failed_item = engine.item(kept["id"], failed_item["id"])
     location = Path(failed_item["metadata_json"]["sandbox"]["location"])
     assert failed_item["metadata_json"]["sandbox"]["kept"] is True
     assert location.is_dir()
-    assert location.parent == engine.sandbox_root.absolute()
+    # A root worker's strict views live under /run/assay (see LocalSandboxProvider.views_root).
+    assert location.parent in (engine.sandbox_root.absolute(), STRICT_VIEWS_ROOT)
     assert location.name.startswith(failed_item["id"])
-    # What the setup made is still there for an operator to look at.
-    assert (location / "haystack").is_dir()
+    # What the setup made is still there for an operator to look at, in the agent's workspace.
+    assert (location / "agent" / "workspace" / "haystack").is_dir()
     assert failed_item["status"] == "failed"  # keeping it changed nothing else
 
     [passed_item] = engine.items(passed["id"])
     assert passed_item["status"] == "passed"
     wait_until_no_sandbox(engine, passed_item["id"])
-    assert "sandbox" not in engine.item(passed["id"], passed_item["id"])["metadata_json"]
+    assert "kept" not in engine.item(passed["id"], passed_item["id"])["metadata_json"]["sandbox"]
 
 
 def test_cleanup_always_removes_the_sandbox_once_the_item_ends(service: Start) -> None:
@@ -649,7 +658,8 @@ def test_cleanup_always_removes_the_sandbox_once_the_item_ends(service: Start) -
     for item in engine.items(created["id"]):
         assert item["status"] == "failed"
         wait_until_no_sandbox(engine, item["id"])
-        assert "sandbox" not in engine.item(created["id"], item["id"])["metadata_json"]
+        sandbox = engine.item(created["id"], item["id"])["metadata_json"]["sandbox"]
+        assert "kept" not in sandbox and sandbox["isolation"]["level"] == "strict"
     # The worker made the sandboxes under sandbox_root and left nothing there.
     assert engine.sandbox_root.is_dir()
     assert list(engine.sandbox_root.iterdir()) == []

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,7 +38,7 @@ from infrastructure.sandbox.registry import (
     default_registry,
     provider_names,
 )
-from infrastructure.tasks import FlagVerification, load_catalog
+from infrastructure.tasks import FlagFileVerification, load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 ISOLATION = probe_isolation()
@@ -504,21 +506,29 @@ async def test_reap_orphans_cleans_up_after_a_worker_killed_with_sigkill(
 async def test_path_traversal_task_is_solved_by_its_reference_solution_in_one_sandbox(
     tmp_path: Path, network: str
 ) -> None:
+    """In the weak mode the task's service runs inside the sandbox itself (one principal), and
+    the solution's answer file lands in the sandbox's own /tmp, where the worker reads it."""
+    if not ISOLATION.pid_namespace:
+        pytest.skip("the weak sandbox has a private /tmp only with namespaces")
     task = load_catalog().resolve("path-traversal")
-    assert task.setup is not None and isinstance(task.verification, FlagVerification)
-    provider = LocalSandboxProvider(tmp_path, isolation="weak")
-    box = await provider.provision(
-        spec(egress=EgressPolicy(("*",)) if network == "as-task-says" and task.network else None)
-    )
+    assert isinstance(task.verification, FlagFileVerification) and task.services
+    # Outside /tmp: a sandbox below /tmp keeps the host's /tmp (see WeakSandbox.private_tmp).
+    root = Path(tempfile.mkdtemp(prefix="assay-weak-", dir="/var/tmp"))
+    provider = LocalSandboxProvider(root, isolation="weak")
+    egress = EgressPolicy(("*",)) if network == "as-task-says" else None
+    box = await provider.provision(spec(egress=egress, services=task.services))
     try:
-        await box.put_tree(task.bundle_dir, exclude=frozenset({"task.yaml"}))
-        setup = await box.run(task.setup, timeout_sec=30)
-        assert setup.exit_code == 0, setup
-        solved = await box.run("bash solution.sh", timeout_sec=30)
+        tree = task.agent_tree()
+        assert tree.source is not None
+        await box.put_tree(tree.source, exclude=tree.exclude)
+        await box.put_file("solution.sh", (task.bundle_dir / "solution.sh").read_bytes())
+        env = task.service_environment(box.endpoints())
+        solved = await box.run("bash solution.sh", timeout_sec=30, env=env)
         assert solved.exit_code == 0, solved
-        assert task.verification.matches(solved.stdout.strip().splitlines()[-1])
+        assert task.verification.matches(await box.get_file(task.verification.path))
     finally:
         await box.destroy()
+        shutil.rmtree(root, ignore_errors=True)
     assert processes_in(box.path) == []
 
 

@@ -118,7 +118,12 @@ class ExecServer:
             if not data:
                 self._lost("the sandbox's server went away")
                 return
-            message = json.loads(data)
+            try:
+                message = json.loads(data)
+                assert isinstance(message, dict)
+            except (ValueError, AssertionError):
+                self._lost("the sandbox's server sent something that is not a reply")
+                return
             if message.get("ready"):
                 self._resolve(-1, message)
             elif "exit" in message:

@@ -292,18 +292,30 @@ class LocalSandboxProvider:
         if os.geteuid() == 0:
             await asyncio.to_thread(ItemNetwork.reap_orphans, NETWORKS_ROOT, live_worker_ids)
         for meta in orphans:
-            killed = await asyncio.to_thread(terminate_recorded, meta)
-            await wait_gone(killed, KILL_WAIT_SEC)
-            meta_path = self.root.absolute() / (meta.id + META_SUFFIX)
-            try:
-                if meta.strict:
-                    await self.remove_item(meta, meta_path)
-                else:
-                    await asyncio.to_thread(remove_sandbox_files, Path(meta.path), meta_path)
-            except OSError as exc:
-                raise SandboxError(f"cannot remove orphaned sandbox {meta.id}: {exc}") from exc
+            await self._remove_recorded(meta)
             reaped.append(meta.id)
         return reaped
+
+    async def discard(self, sandbox_id: str) -> None:
+        """Remove a sandbox by id whatever its state: an operator done with a kept one."""
+        for meta in await asyncio.to_thread(self.sandboxes):
+            if meta.id == sandbox_id:
+                await self._remove_recorded(meta)
+                return
+        raise SandboxError(f"no sandbox {sandbox_id!r} under {self.root}")
+
+    async def _remove_recorded(self, meta: SandboxMeta) -> None:
+        """End what a sandbox's metadata says runs and remove everything it made."""
+        killed = await asyncio.to_thread(terminate_recorded, meta)
+        await wait_gone(killed, KILL_WAIT_SEC)
+        meta_path = self.root.absolute() / (meta.id + META_SUFFIX)
+        try:
+            if meta.strict:
+                await self.remove_item(meta, meta_path)
+            else:
+                await asyncio.to_thread(remove_sandbox_files, Path(meta.path), meta_path)
+        except OSError as exc:
+            raise SandboxError(f"cannot remove sandbox {meta.id}: {exc}") from exc
 
 
 def _make_item_dir(item_dir: Path) -> None:

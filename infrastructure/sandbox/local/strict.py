@@ -340,6 +340,10 @@ class StrictSandbox:
 
     async def keep(self) -> None:
         await self._stop_all()
+        # Nothing runs any more, so nothing needs the network (nor its slirp4netns).
+        if self._network is not None:
+            await self._network.destroy()
+            self._network = None
         self._meta.kept = True
         self._save_meta()
 

@@ -137,6 +137,15 @@ class WeakSandbox:
         return self._dir
 
     @property
+    def private_tmp(self) -> Path | None:
+        """The folder its commands see as /tmp: with a PID namespace (which brings a mount
+        namespace) one of its own beside the sandbox directory; without, the host's /tmp.
+        Not when the sandbox itself lies below /tmp either: binding over /tmp would hide it."""
+        if not self._pid_ns or self._dir.is_relative_to("/tmp"):
+            return None
+        return self._dir.with_name(self._dir.name + ".tmp")
+
+    @property
     def uses_namespaces(self) -> bool:
         return self._ns.pid or self._ns.net
 
@@ -173,8 +182,15 @@ class WeakSandbox:
             if init is not None:
                 return init
             assert self._iso.unshare is not None
+            tmp = self.private_tmp
+            if tmp is not None:
+                tmp.mkdir(mode=0o700, exist_ok=True)
             argv = holder_argv(
-                self._iso.unshare, self._iso.setpriv, self._provider.python, self._ns
+                self._iso.unshare,
+                self._iso.setpriv,
+                self._provider.python,
+                self._ns,
+                None if tmp is None else str(tmp),
             )
             try:
                 holder = await asyncio.create_subprocess_exec(
@@ -365,13 +381,12 @@ class WeakSandbox:
 
     async def get_file(self, relative_path: str) -> bytes:
         pure = PurePosixPath(relative_path)
-        if (
-            pure.is_absolute()
-            and pure.is_relative_to(WORKSPACE)
-            and pure != PurePosixPath(WORKSPACE)
-        ):
-            relative_path = str(pure.relative_to(WORKSPACE))  # the workspace is the directory
-        target = self._resolve(relative_path)
+        root = self._dir  # the workspace is this directory
+        for view_root, host_root in ((WORKSPACE, self._dir), ("/tmp", self.private_tmp)):
+            inside = pure.is_absolute() and pure.is_relative_to(view_root)
+            if host_root is not None and inside and pure != PurePosixPath(view_root):
+                root, relative_path = host_root, str(pure.relative_to(view_root))
+        target = resolve_inside(root, relative_path)
         try:
             return await asyncio.to_thread(target.read_bytes)
         except FileNotFoundError as exc:
@@ -445,7 +460,11 @@ class WeakSandbox:
                     " && exit 0; sleep 0.1; done; exit 1"
                 )
                 if (await self.run(probe, timeout_sec=40)).exit_code != 0:
-                    raise SandboxError(f"service {service.name!r} did not listen on {port}")
+                    log = folder / "service.log"
+                    tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                    raise SandboxError(
+                        f"service {service.name!r} did not listen on {port}: {tail.strip()}"
+                    )
             first_port = service.ports[0] if service.ports else None
             self._endpoints[service.name] = ServiceEndpoint(
                 name=service.name, host="127.0.0.1", port=first_port
@@ -475,8 +494,9 @@ class WeakSandbox:
             await self.kill_all()
         self._destroyed = True
         try:
-            for folder in self._service_dirs.values():
-                await asyncio.to_thread(shutil.rmtree, folder, True)
+            for folder in [*self._service_dirs.values(), self.private_tmp]:
+                if folder is not None:
+                    await asyncio.to_thread(shutil.rmtree, folder, True)
             await asyncio.to_thread(remove_sandbox_files, self._dir, self._meta_path)
         except OSError as exc:
             raise SandboxError(f"cannot remove sandbox {self.id}: {exc}") from exc

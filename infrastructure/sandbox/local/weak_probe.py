@@ -75,7 +75,11 @@ class Namespaces(NamedTuple):
     user: bool
 
 
-def holder_argv(unshare: str, setpriv: str | None, python: str, ns: Namespaces) -> list[str]:
+def holder_argv(
+    unshare: str, setpriv: str | None, python: str, ns: Namespaces, tmp: str | None = None
+) -> list[str]:
+    """The holder command; `tmp` (with a PID namespace, which brings a mount namespace) is
+    bound over /tmp for every command of the sandbox."""
     argv = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
     argv.append(unshare)
     if ns.user:
@@ -93,6 +97,7 @@ def holder_argv(unshare: str, setpriv: str | None, python: str, ns: Namespaces) 
         "-c",
         program("namespace_init"),
         "net" if ns.net else "-",
+        tmp if tmp is not None and ns.pid else "-",
     ]
 
 

@@ -1,8 +1,10 @@
 """PID 1 of a weak sandbox's namespaces.
 
 argv[1] == "net": bring the loopback interface up (a new network namespace starts with `lo`
-down). Then say "ready", let go of the worker's pipes and reap orphans forever (SIGCHLD
-blocked + sigwait: no race between reaping and waiting). 0x8913/0x8914 are
+down). argv[2], when not "-", is a folder bound over /tmp (in the holder's own mount
+namespace), so the sandbox's /tmp is its own. Then say "ready", let go of the worker's pipes
+and reap orphans forever (SIGCHLD blocked + sigwait: no race between reaping and waiting).
+0x8913/0x8914 are
 SIOCGIFFLAGS/SIOCSIFFLAGS, 0x1|0x40 IFF_UP|IFF_RUNNING: no `ip` needed.
 """
 
@@ -22,9 +24,20 @@ def bring_loopback_up() -> None:
     s.close()
 
 
+def bind_private_tmp(folder: str) -> None:
+    import ctypes
+
+    ms_bind = 4096
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(folder.encode(), b"/tmp", None, ms_bind, None) != 0:
+        raise OSError(ctypes.get_errno(), f"cannot bind {folder} over /tmp")
+
+
 def main() -> None:
-    if sys.argv[1:] == ["net"]:
+    if sys.argv[1:2] == ["net"]:
         bring_loopback_up()
+    if len(sys.argv) > 2 and sys.argv[2] != "-":
+        bind_private_tmp(sys.argv[2])
     os.chdir("/")
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     os.write(1, b"ready\n")

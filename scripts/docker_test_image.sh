@@ -4,10 +4,14 @@
 # file system assembled here. It holds bash, coreutils, python3 (the task scripts use it) and
 # the few tools the tests exercise (procps to kill trees, util-linux's unshare/mount/setsid so
 # the adversarial tests try the real thing), with every shared library `ldd` names.
-# Idempotent: does nothing when the tag exists. Needs a running Docker daemon.
+# Idempotent: does nothing when the tag exists, built by this version of the script. Needs a
+# running Docker daemon.
 set -euo pipefail
 TAG="${1:-assay-runtime:test}"
-if docker image inspect "$TAG" >/dev/null 2>&1; then
+# The recipe's hash is a label of the image: an image built by an older recipe is rebuilt.
+RECIPE="$(sha256sum "$0" | cut -c1-16)"
+if [ "$(docker image inspect -f '{{index .Config.Labels "assay.recipe"}}' "$TAG" 2>/dev/null)" \
+    = "$RECIPE" ]; then
     echo "image $TAG exists"
     exit 0
 fi
@@ -38,13 +42,18 @@ for link in bin sbin lib lib64; do
     fi
 done
 
-# Copy a file keeping its absolute path (symlinks as links, then their targets too).
+# Copy a file keeping its absolute path. A link becomes a link straight to its final target
+# (copied too): Debian's /usr/bin/awk goes through /etc/alternatives, which is not copied.
 copy() {
     local src="$1"
     [ -e "$ROOT$src" ] || [ -L "$ROOT$src" ] && return 0
     mkdir -p "$ROOT$(dirname "$src")"
-    cp -a "$src" "$ROOT$src"
-    if [ -L "$src" ]; then copy "$(readlink -f "$src")"; fi
+    if [ -L "$src" ]; then
+        ln -s "$(readlink -f "$src")" "$ROOT$src"
+        copy "$(readlink -f "$src")"
+    else
+        cp -a "$src" "$ROOT$src"
+    fi
 }
 for bin in "${bins[@]}"; do copy "$bin"; done
 
@@ -86,7 +95,7 @@ echo "hosts: files dns" >"$ROOT/etc/nsswitch.conf"
 
 tar -C "$ROOT" --numeric-owner -c . | docker import \
     -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c 'ENV LANG=C.UTF-8' -c 'CMD ["bash"]' - "$TAG" >/dev/null
+    -c 'ENV LANG=C.UTF-8' -c 'CMD ["bash"]' -c "LABEL assay.recipe=$RECIPE" - "$TAG" >/dev/null
 docker run --rm --network none "$TAG" bash -c 'python3 -c "import json, ssl, ctypes, sqlite3; print(\"ok\")"' \
     | grep -qx ok || { echo "image $TAG does not run python3" >&2; docker rmi "$TAG" >/dev/null; exit 1; }
 echo "built $TAG: $(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}')"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infrastructure.sandbox.docker import DockerSandboxProvider, daemon_answers
 from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.protocol import SandboxProvider
 
@@ -51,6 +52,8 @@ def default_registry(sandbox_root: Path = DEFAULT_SANDBOX_ROOT) -> ProviderRegis
     """A registry holding what this build runs: the `local` provider, under `sandbox_root`."""
     registry = ProviderRegistry()
     registry.register(LocalSandboxProvider(Path(sandbox_root)))
+    if daemon_answers():  # one ping, once per process; the provider itself is lazy
+        registry.register(DockerSandboxProvider())
     return registry
 
 

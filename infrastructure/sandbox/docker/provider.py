@@ -16,11 +16,14 @@ destination is refused (an empty allow-list, which asks for nothing, is accepted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from infrastructure.sandbox.docker import archive
 from infrastructure.sandbox.docker.cleanup import remove_sandbox, sandboxes_by_worker
@@ -45,9 +48,12 @@ from infrastructure.sandbox.docker.sandbox import DockerSandbox
 from infrastructure.sandbox.local import OUTPUT_LIMIT, SAFE_PATH
 from infrastructure.sandbox.protocol import WORKSPACE, SandboxError, SandboxSpec, ServiceSpec
 
+log = structlog.get_logger(__name__)
+
 # The image `scripts/docker_test_image.sh` builds; a deployment configures its own.
 DEFAULT_IMAGE = "assay-runtime:test"
 SERVICE_START_SEC = 30.0
+_START_ATTEMPTS = 3
 _READY_MARKER = ".assay-ready"
 # A context service's PID 1 waits for its files (put after the container starts: a tmpfs
 # volume holds data only while mounted), then becomes the service's command.
@@ -87,6 +93,16 @@ def daemon_answers(base_url: str | None = None, timeout: float = 2.0) -> bool:
             client.close()
     except Exception:
         return False
+
+
+def _transient(exc: SandboxError) -> bool:
+    """A start failure seen on a loaded host (dockerd 20.10, kernel 6.18): runc briefly finds
+    an empty root file system (`exec: "bash": executable file not found`, `failed to stat
+    .../merged/...`). The same container starts on a second try; other failures are final."""
+    message = str(exc)
+    return "executable file not found" in message or (
+        "no such file or directory" in message and ("merged" in message or "runc" in message)
+    )
 
 
 def _context_folder(context: str) -> Path:
@@ -215,6 +231,7 @@ class DockerSandboxProvider:
             container=container,
             network=sandbox_id,
             workspace_volume=workspace,
+            tmp_volume=f"{sandbox_id}-agent-tmp",
             services=dict(zip([s.name for s in spec.services], services, strict=True)),
             service_specs=spec.services,
             seccomp=bool(self._seccomp),
@@ -272,23 +289,33 @@ class DockerSandboxProvider:
         )
         endpoint = api.create_endpoint_config(aliases=[alias] if alias else None)
         what = f"cannot start {role} container {name}"
-        created = await call(
-            what,
-            api.create_container,
-            image,
-            command,
-            name=name,
-            user=user,
-            working_dir=workdir,
-            environment=dict(environment),
-            labels=labels(spec.item_id, spec.worker_id, sandbox_id, role),
-            host_config=host_config,
-            networking_config=api.create_networking_config({sandbox_id: endpoint}),
-            volumes=[bind["bind"] for bind in binds.values()],
-        )
-        container: str = created["Id"]
-        await call(what, api.start, container)
-        return container
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                created = await call(
+                    what,
+                    api.create_container,
+                    image,
+                    command,
+                    name=name,
+                    user=user,
+                    working_dir=workdir,
+                    environment=dict(environment),
+                    labels=labels(spec.item_id, spec.worker_id, sandbox_id, role),
+                    host_config=host_config,
+                    networking_config=api.create_networking_config({sandbox_id: endpoint}),
+                    volumes=[bind["bind"] for bind in binds.values()],
+                )
+                container: str = created["Id"]
+                await call(what, api.start, container)
+                return container
+            except SandboxError as exc:
+                if attempt == _START_ATTEMPTS or not _transient(exc):
+                    raise
+                log.warning("docker.start_retry", container=name, attempt=attempt, error=str(exc))
+                with contextlib.suppress(SandboxError):
+                    await call(what, api.remove_container, name, force=True, v=True)
+                await asyncio.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
 
     async def _start_runtime(
         self,
@@ -340,6 +367,7 @@ class DockerSandboxProvider:
             container=container,
             network=sandbox.network,
             workspace_volume=sandbox.workspace_volume,
+            tmp_volume=f"{name}-tmp",
             role="checker",
             service_specs=tuple(spec.services),
             seccomp=bool(self._seccomp),

@@ -81,6 +81,7 @@ class DockerSandbox:
         container: str,
         network: str,
         workspace_volume: str,
+        tmp_volume: str,
         role: Role = "agent",
         services: Mapping[str, str] | None = None,
         service_specs: tuple[ServiceSpec, ...] = (),
@@ -93,6 +94,7 @@ class DockerSandbox:
         self.container = container
         self.network = network
         self.workspace_volume = workspace_volume
+        self.tmp_volume = tmp_volume
         self.role = role
         self.user = USERS[role]
         self.services = dict(services or {})  # service name -> container id
@@ -328,7 +330,6 @@ class DockerSandbox:
             # A checker: only its own container and /tmp volume.
             what = f"cannot remove checker {self.container}"
             await call(what, self._api.remove_container, self.container, force=True, v=True)
-            tmp = f"{self.container}-tmp"
-            await call(what, self._api.remove_volume, tmp, force=True)
+            await call(what, self._api.remove_volume, self.tmp_volume, force=True)
             return
         await remove_sandbox(self._api, self.id)

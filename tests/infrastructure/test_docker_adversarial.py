@@ -231,6 +231,22 @@ async def test_agent_cannot_signal_a_services_processes(box_with_web: DockerSand
     assert served.stdout == "hello from the service\n\n", served.stderr
 
 
+async def test_signalling_pid_1_does_not_end_the_sandbox_or_its_workspace(
+    provider: DockerSandboxProvider, box: DockerSandbox
+) -> None:
+    result = await box.run(
+        "echo kept > notes.txt; for sig in INT TERM HUP QUIT USR2 ALRM PIPE KILL STOP; do "
+        "kill -$sig 1 || echo REFUSED-$sig; done; echo sent",
+        timeout_sec=10,
+    )
+    assert result.stdout == "sent\n", result.stdout + result.stderr
+    await asyncio.sleep(0.5)
+    state = provider.api.inspect_container(box.container)["State"]
+    assert state["Running"] and state["Status"] == "running"
+    assert await box.get_file("notes.txt") == b"kept\n"
+    assert (await box.run("echo alive", timeout_sec=10)).stdout == "alive\n"
+
+
 async def test_memory_beyond_the_limit_is_refused(provider: DockerSandboxProvider) -> None:
     sandbox = await provider.provision(spec(memory_bytes=128 * 1024**2))
     try:

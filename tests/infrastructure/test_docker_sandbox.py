@@ -71,6 +71,12 @@ async def test_stdin_is_fed_to_the_command_and_closed(box: DockerSandbox) -> Non
     assert result.stdout == "line one\nline two\ndone\n"
 
 
+async def test_a_large_stdin_arrives_whole(box: DockerSandbox) -> None:
+    payload = "".join(f"{i:07d}\n" for i in range(250_000))  # 2 MB, many socket buffers
+    result = await box.run("wc -c; echo", timeout_sec=30, stdin=payload)
+    assert result.stdout.split() == [str(len(payload))]
+
+
 async def test_output_beyond_the_cap_is_truncated_with_the_local_providers_note(
     docker_ready: None,
 ) -> None:
@@ -109,6 +115,22 @@ async def test_timeout_kills_only_that_commands_tree_not_earlier_servers(
     assert result.timed_out
     left = await box.run("pgrep -x sleep -a | grep -c 'sleep 1000'", timeout_sec=10)
     assert left.stdout == "1\n"
+
+
+async def test_cancelling_a_run_kills_its_command_tree(box: DockerSandbox) -> None:
+    running = asyncio.create_task(
+        box.run("sleep 300 & setsid sleep 301 & sleep 302", timeout_sec=60)
+    )
+    await asyncio.sleep(1)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    for _ in range(50):
+        left = await box.run(AGENT_PROCESSES, timeout_sec=10)
+        if left.stdout == "":
+            break
+        await asyncio.sleep(0.1)
+    assert left.stdout == "", left.stdout
 
 
 async def test_a_background_child_holding_the_output_does_not_hold_up_the_result(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -128,14 +129,16 @@ def _raw_socket(hijacked: Any) -> socket.socket:
 
 def _pump(raw: socket.socket, out: Capture, err: Capture, stop: threading.Event) -> None:
     """Read the multiplexed stream until end of file or `stop`."""
-    raw.settimeout(0.1)  # so `stop` is noticed; recv returns at once when data arrives
     buffer = bytearray()
     while not stop.is_set():
+        # select, not a socket timeout: a timeout would also apply to the stdin feeder's
+        # sendall on the same socket, and cut a large input short.
         try:
+            readable, _, _ = select.select([raw], [], [], 0.1)
+            if not readable:
+                continue
             chunk = raw.recv(65536)
-        except TimeoutError:
-            continue
-        except OSError:
+        except (OSError, ValueError):  # closed under us (ValueError: fd -1)
             break
         if not chunk:
             break
@@ -181,8 +184,13 @@ def _feed(raw: socket.socket, data: bytes) -> None:
 
 
 def _kill_tree_now(api: Any, container: str, user: str, token: str) -> None:
-    exec_id = api.exec_create(container, ["bash", "-c", KILL_TREE, "assay-kill", token], user=user)
-    api.exec_start(exec_id["Id"])
+    created = api.exec_create(container, ["bash", "-c", KILL_TREE, "assay-kill", token], user=user)
+    api.exec_start(created["Id"])
+    # The daemon answers even when the killer could not start (no pid left at the limit):
+    # only its exit status says it ran.
+    code = api.exec_inspect(created["Id"]).get("ExitCode")
+    if code != 0:
+        raise SandboxError(f"the process-tree killer exited with {code}")
 
 
 async def kill_tree(api: Any, container: str, user: str, token: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure.sandbox.docker import DockerSandbox, DockerSandboxProvider
+from infrastructure.sandbox.docker import DEFAULT_IMAGE, DockerSandbox, DockerSandboxProvider
 from infrastructure.sandbox.local import SandboxFileNotFound
 from infrastructure.sandbox.protocol import (
     EgressPolicy,
@@ -21,6 +21,7 @@ from infrastructure.sandbox.protocol import (
     ServiceEndpoint,
 )
 from infrastructure.sandbox.registry import default_registry
+from infrastructure.tasks import FlagVerification, load_catalog
 from tests.infrastructure.docker_support import (
     WORKER,
     box_fixture,
@@ -233,6 +234,51 @@ async def test_run_in_service_runs_in_its_files_as_the_service_uid(
     assert result.stdout == "1001\n/srv\ns3cret-in-service\n"
     with pytest.raises(SandboxError):
         await box_with_web.run_in_service("nope", "true", timeout_sec=10)
+
+
+async def test_an_image_service_runs_the_image_as_the_service_uid_with_its_environment(
+    provider: DockerSandboxProvider,
+) -> None:
+    from infrastructure.sandbox.protocol import ServiceSpec
+
+    db = ServiceSpec(
+        name="db",
+        image=DEFAULT_IMAGE,
+        command='cd /tmp && echo "$GREETING" > index.html && exec python3 -m http.server 5000',
+        ports=(5000,),
+        environment={"GREETING": "from-the-image-service"},
+    )
+    sandbox = await provider.provision(spec(services=(db,)))
+    try:
+        fetched = await sandbox.run(
+            'python3 -c "import urllib.request; '
+            "print(urllib.request.urlopen('http://db:5000/').read().decode())\"",
+            timeout_sec=20,
+        )
+        assert fetched.stdout == "from-the-image-service\n\n", fetched.stderr
+        inside = await sandbox.run_in_service(
+            "db", "id -u; touch /x 2>/dev/null || echo read-only", timeout_sec=10
+        )
+        assert inside.stdout == "1001\nread-only\n"
+    finally:
+        await sandbox.destroy()
+
+
+async def test_the_path_traversal_task_is_solved_by_its_reference_solution(
+    provider: DockerSandboxProvider,
+) -> None:
+    task = load_catalog().resolve("path-traversal")
+    assert task.setup is not None and isinstance(task.verification, FlagVerification)
+    sandbox = await provider.provision(spec())
+    try:
+        await sandbox.put_tree(task.bundle_dir, exclude=frozenset({"task.yaml"}))
+        setup = await sandbox.run(task.setup, timeout_sec=30)
+        assert setup.exit_code == 0, setup
+        solved = await sandbox.run("bash solution.sh", timeout_sec=30)
+        assert solved.exit_code == 0, solved
+        assert task.verification.matches(solved.stdout.strip().splitlines()[-1])
+    finally:
+        await sandbox.destroy()
 
 
 async def test_provision_fails_cleanly_when_a_service_never_listens(

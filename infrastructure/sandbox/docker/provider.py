@@ -387,10 +387,13 @@ class DockerSandboxProvider:
             "init": True,  # the service's command is not written to reap orphans
         }
         if service.image is not None:
+            # The image's own command, or `command` through the image's sh (compose's
+            # `command:`); its files are the image's, `context` is not copied.
+            command = None if service.command is None else ["sh", "-c", service.command]
             return await self._create_and_start(
                 name,
                 service.image,
-                None,  # the image's own command
+                command,
                 workdir=None,
                 environment=service.environment,
                 binds={},

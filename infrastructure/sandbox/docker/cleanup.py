@@ -22,7 +22,7 @@ def _ignore_missing(exc: BaseException) -> bool:
     return isinstance(exc, docker.errors.NotFound)
 
 
-def _remove_container(api: Any, container: str) -> None:
+def remove_container(api: Any, container: str) -> None:
     try:
         api.remove_container(container, force=True, v=True)
     except Exception as exc:
@@ -39,7 +39,7 @@ def _remove_network(api: Any, network: str) -> None:
             raise
 
 
-def _remove_volume(api: Any, volume: str) -> None:
+def remove_volume(api: Any, volume: str) -> None:
     try:
         api.remove_volume(volume, force=True)
     except Exception as exc:
@@ -52,12 +52,12 @@ async def remove_sandbox(api: Any, sandbox_id: str) -> None:
     label = {"label": f"{LABEL_SANDBOX}={sandbox_id}"}
     what = f"cannot remove docker sandbox {sandbox_id}"
     containers = await call(what, api.containers, all=True, filters=label)
-    await asyncio.gather(*(call(what, _remove_container, api, found["Id"]) for found in containers))
+    await asyncio.gather(*(call(what, remove_container, api, found["Id"]) for found in containers))
     for network in await call(what, api.networks, filters=label):
         await call(what, _remove_network, api, network["Id"])
     volumes = (await call(what, api.volumes, filters=label)).get("Volumes") or []
     for volume in volumes:
-        await call(what, _remove_volume, api, volume["Name"])
+        await call(what, remove_volume, api, volume["Name"])
 
 
 async def sandboxes_by_worker(api: Any) -> dict[str, tuple[str, bool]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infrastructure.sandbox.docker import archive
-from infrastructure.sandbox.docker.cleanup import remove_sandbox
+from infrastructure.sandbox.docker.cleanup import remove_container, remove_sandbox, remove_volume
 from infrastructure.sandbox.docker.execution import call, execute
 from infrastructure.sandbox.docker.hardening import (
     LABEL_KEPT,
@@ -327,9 +327,12 @@ class DockerSandbox:
             return
         self._destroyed = True
         if self._parent is not None:
-            # A checker: only its own container and /tmp volume.
+            # A checker: only its own container and /tmp volume (gone already if the sandbox
+            # was destroyed first: that is not an error).
             what = f"cannot remove checker {self.container}"
-            await call(what, self._api.remove_container, self.container, force=True, v=True)
-            await call(what, self._api.remove_volume, self.tmp_volume, force=True)
+            await call(what, remove_container, self._api, self.container)
+            await call(what, remove_volume, self._api, self.tmp_volume)
             return
+        for checker in self._checkers:
+            checker._destroyed = True
         await remove_sandbox(self._api, self.id)

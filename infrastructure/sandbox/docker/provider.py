@@ -11,6 +11,17 @@ the bridge's gateway address (traffic to the host goes through INPUT, not the FO
 docker adds for internal networks). Services join it under their names as network aliases.
 Egress is not offered: an internal network cannot route out, so a spec asking for any
 destination is refused (an empty allow-list, which asks for nothing, is accepted).
+
+Storage. The workspace and each container's /tmp are `local` volumes backed by tmpfs: size
+limited (the item's `disk_bytes`, three quarters to the workspace), owned by the principal that
+writes them without a root helper, and shared by mount between the agent and its checkers.
+They live while a container mounts them, which is why `kill_all` and `keep` never stop the
+agent container, and why a kept workspace does not survive a daemon restart.
+
+Images. The runtime image (`spec.image` or `default_image`) needs bash and `sleep` (PID 1 and
+every command run through bash; the port probe uses bash's /dev/tcp). A service image runs as
+uid 1001 on a read-only root with a private /tmp: an image that must write elsewhere or run as
+root does not start, by design.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ import msgspec
 # of every command and $HOME.
 WORKSPACE = "/workspace"
 
+# What a command finds on PATH in any provider's sandbox: the usual system directories, nothing
+# of the worker's own PATH (virtualenvs, pyenv shims), so a task sees the same tools whoever
+# started the worker.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The most of a command's stdout (and of its stderr) a provider keeps by default.
+OUTPUT_LIMIT = 1024 * 1024
+
 IsolationLevel = Literal["strict", "weak"]
 
 

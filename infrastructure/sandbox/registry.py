@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infrastructure.sandbox.docker import DockerSandboxProvider, daemon_answers
 from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE
 from infrastructure.sandbox.protocol import IsolationLevel, SandboxProvider
@@ -60,6 +61,8 @@ def default_registry(
     registry.register(
         LocalSandboxProvider(Path(sandbox_root), isolation=isolation, uid_range=uid_range)
     )
+    if daemon_answers():  # one ping, once per process; the provider itself is lazy
+        registry.register(DockerSandboxProvider())
     return registry
 
 

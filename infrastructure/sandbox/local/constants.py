@@ -1,9 +1,9 @@
 """Numbers and paths both local sandbox modes share."""
 
-# What a command finds on PATH: the usual system directories, nothing of the worker's own PATH
-# (virtualenvs, pyenv shims), so a task sees the same tools whoever started the worker.
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-OUTPUT_LIMIT = 1024 * 1024
+from infrastructure.sandbox.protocol import OUTPUT_LIMIT, SAFE_PATH
+
+__all__ = ["OUTPUT_LIMIT", "SAFE_PATH"]
+
 # After a command exits, how long its output pipes may stay open (held by a background child it
 # left running) before the worker stops reading: the command is done, its children are not.
 DRAIN_GRACE_SEC = 0.5

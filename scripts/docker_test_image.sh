@@ -2,7 +2,7 @@
 # Build `assay-runtime:test` (or $1), the image the docker sandbox tests run, from this host's
 # own files: no registry is reachable from CI, so the image is `docker import`ed from a root
 # file system assembled here. It holds bash, coreutils, python3 (the task scripts use it) and
-# the few tools the tests exercise (procps to kill trees, util-linux's unshare/mount/setsid so
+# the few tools the tests and task scripts use (procps to kill trees, util-linux's unshare/mount/setsid so
 # the adversarial tests try the real thing), with every shared library `ldd` names.
 # Idempotent: does nothing when the tag exists, built by this version of the script. Needs a
 # running Docker daemon.
@@ -24,7 +24,9 @@ TOOLS=(bash sh dash cat ls cp mv rm mkdir rmdir ln chmod chown touch echo printf
     sort uniq cut tr tee env id whoami sleep timeout nohup setsid date stat readlink realpath
     dirname basename test true false yes seq md5sum sha256sum base64 od dd du df find xargs
     grep sed awk mawk ps pkill pgrep kill unshare mount umount nsenter hostname tar gzip
-    python3 "python$PYVER")
+    python3 "python$PYVER" diff cmp file xxd bzip2 xz less)
+# Every program of coreutils (mktemp, cut, comm, ...): task scripts assume a whole userland.
+mapfile -t -O "${#TOOLS[@]}" TOOLS < <(dpkg -L coreutils | grep -E '^/(usr/)?s?bin/' | xargs -n1 basename)
 bins=()
 for tool in "${TOOLS[@]}"; do
     path="$(PATH=/usr/bin:/bin:/usr/sbin:/sbin type -P "$tool" || true)"

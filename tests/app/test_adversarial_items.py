@@ -14,6 +14,7 @@ import pytest
 
 from infrastructure.tasks import SHIPPED_TASKS_DIR, load_catalog
 from tests.app.execution_fixtures import Engine, running_service, write_bundle
+from tests.infrastructure.docker_support import require_docker
 from tests.infrastructure.strict_support import require_root, require_strict
 
 SECRET = "FLAG{n0_sh0rtcuts}"
@@ -26,9 +27,13 @@ def hostile(database_url: str, tmp_path: Path) -> tuple[Path, str]:
     return tmp_path / "bundles", database_url
 
 
-def run(engine: Engine, *tasks: str) -> dict[str, dict[str, object]]:
+def run(engine: Engine, *tasks: str, provider: str = "local") -> dict[str, dict[str, object]]:
     created = engine.create(
-        name="adversarial", task_names=list(tasks), capability="oracle", concurrency=4
+        name="adversarial",
+        task_names=list(tasks),
+        capability="oracle",
+        concurrency=4,
+        sandbox_provider=provider,
     )
     engine.wait(created["id"], timeout=60)
     return {item["task_name_snapshot"]: item for item in engine.items(created["id"])}
@@ -144,12 +149,9 @@ echo "$found"
 """
 
 
-def test_every_shipped_task_resists_its_obvious_shortcut(
-    hostile: tuple[Path, str], tmp_path: Path
-) -> None:
-    """Each shipped bundle, with its reference solution swapped for one that reads the answer
-    straight from the files (the bundle, the service's secret): every item must fail."""
-    bundles, database_url = hostile
+def write_shortcut_bundles(bundles: Path) -> None:
+    """A copy of every shipped bundle, as version SHORTCUT_VERSION, whose reference solution
+    reads the answer straight from the files instead of solving the task."""
     for task in load_catalog().tasks():
         if task.bundle_dir.parent != SHIPPED_TASKS_DIR:
             continue
@@ -161,6 +163,15 @@ def test_every_shipped_task_resists_its_obvious_shortcut(
         (copy / task.solution).write_text(
             "#!/usr/bin/env bash\n" + SHORTCUT.format(bundle=task.bundle_dir)
         )
+
+
+def test_every_shipped_task_resists_its_obvious_shortcut(
+    hostile: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Each shipped bundle, with its reference solution swapped for one that reads the answer
+    straight from the files (the bundle, the service's secret): every item must fail."""
+    bundles, database_url = hostile
+    write_shortcut_bundles(bundles)
     names = sorted(path.name for path in bundles.iterdir())
     assert len(names) == 5
     with running_service(database_url, tmp_path, task_paths=(str(bundles),)) as engine:
@@ -169,3 +180,26 @@ def test_every_shipped_task_resists_its_obvious_shortcut(
         assert set(items) == set(names)
         for name, item in items.items():
             assert item["status"] == "failed", (name, item["result_json"])
+
+
+def test_every_shipped_task_passes_and_resists_its_shortcut_on_the_docker_provider(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The same user path on `sandbox_provider: docker`: the oracle passes every shipped task,
+    the shortcut fails every one, and the items record docker's isolation."""
+    require_docker()
+    bundles = tmp_path / "bundles"
+    write_shortcut_bundles(bundles)
+    names = sorted(path.name for path in bundles.iterdir())
+    with running_service(database_url, tmp_path, task_paths=(str(bundles),)) as engine:
+        shipped = [
+            t.ref for t in load_catalog().tasks() if t.bundle_dir.parent == SHIPPED_TASKS_DIR
+        ]
+        honest = run(engine, *shipped, provider="docker")
+        for name, item in honest.items():
+            assert item["status"] == "passed", (name, item["result_json"], item["error"])
+        cheats = run(engine, *(f"{name}@{SHORTCUT_VERSION}" for name in names), provider="docker")
+        for name, item in cheats.items():
+            assert item["status"] == "failed", (name, item["result_json"])
+            isolation = item["metadata_json"]["sandbox"]["isolation"]
+            assert (isolation["provider"], isolation["level"]) == ("docker", "strict")

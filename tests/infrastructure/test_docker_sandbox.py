@@ -21,7 +21,7 @@ from infrastructure.sandbox.protocol import (
     ServiceEndpoint,
 )
 from infrastructure.sandbox.registry import default_registry
-from infrastructure.tasks import FlagVerification, load_catalog
+from infrastructure.tasks import FlagFileVerification, load_catalog
 from tests.infrastructure.docker_support import (
     WORKER,
     box_fixture,
@@ -267,16 +267,23 @@ async def test_an_image_service_runs_the_image_as_the_service_uid_with_its_envir
 async def test_the_path_traversal_task_is_solved_by_its_reference_solution(
     provider: DockerSandboxProvider,
 ) -> None:
+    """The shipped compose task: its `web` service names an image this daemon has never built,
+    so it runs from its build context with its local command; the agent gets the server's
+    source only, and the worker reads the answer file itself."""
     task = load_catalog().resolve("path-traversal")
-    assert task.setup is not None and isinstance(task.verification, FlagVerification)
-    sandbox = await provider.provision(spec())
+    assert isinstance(task.verification, FlagFileVerification) and task.services
+    sandbox = await provider.provision(spec(services=task.services))
     try:
-        await sandbox.put_tree(task.bundle_dir, exclude=frozenset({"task.yaml"}))
-        setup = await sandbox.run(task.setup, timeout_sec=30)
-        assert setup.exit_code == 0, setup
-        solved = await sandbox.run("bash solution.sh", timeout_sec=30)
+        tree = task.agent_tree()
+        assert tree.source is not None
+        await sandbox.put_tree(tree.source, exclude=tree.exclude)
+        listing = await sandbox.run("ls -A", timeout_sec=30)
+        assert listing.stdout.split() == ["server.py"]
+        await sandbox.put_file("solution.sh", (task.bundle_dir / "solution.sh").read_bytes())
+        env = task.service_environment(sandbox.endpoints())
+        solved = await sandbox.run("bash solution.sh", timeout_sec=30, env=env)
         assert solved.exit_code == 0, solved
-        assert task.verification.matches(solved.stdout.strip().splitlines()[-1])
+        assert task.verification.matches(await sandbox.get_file(task.verification.path))
     finally:
         await sandbox.destroy()
 

@@ -153,6 +153,19 @@ class DockerSandboxProvider:
         self._api: Any = None
         self._seccomp: bool | None = None
 
+    async def _runs_from_context(self, service: ServiceSpec) -> bool:
+        """Whether a service that names an image this daemon lacks runs from its build
+        context instead: no registry may be reachable, and a task that gives the local
+        command (`x-assay.command`) need not have its image built to be run."""
+        if service.context is None or service.command is None or service.image is None:
+            return False
+        try:
+            await asyncio.to_thread(self.api.inspect_image, service.image)
+            return False
+        except Exception:
+            log.info("docker.service_from_context", service=service.name, image=service.image)
+            return True
+
     @property
     def api(self) -> Any:
         """The low-level docker-py client, made on first use (no daemon contact before)."""
@@ -410,7 +423,7 @@ class DockerSandboxProvider:
             "alias": service.name,
             "init": True,  # the service's command is not written to reap orphans
         }
-        if service.image is not None:
+        if service.image is not None and not await self._runs_from_context(service):
             # The image's own command, or `command` through the image's sh (compose's
             # `command:`); its files are the image's, `context` is not copied.
             command = None if service.command is None else ["sh", "-c", service.command]

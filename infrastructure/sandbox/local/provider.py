@@ -16,6 +16,7 @@ import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -49,6 +50,9 @@ from infrastructure.sandbox.protocol import (
 STRICT_VIEWS_ROOT = Path("/run/assay/sandboxes")
 # Item networks (namespace files and their metadata), one folder per host likewise.
 NETWORKS_ROOT = Path("/run/assay/networks")
+
+
+SandboxT = TypeVar("SandboxT", StrictSandbox, WeakSandbox)
 
 
 class LocalSandboxProvider:
@@ -201,13 +205,7 @@ class LocalSandboxProvider:
             Path(meta.path).mkdir()
         except OSError as exc:
             raise SandboxError(f"cannot create sandbox under {self.root}: {exc}") from exc
-        sandbox = WeakSandbox(self, spec, meta, meta_path)
-        try:
-            await sandbox.start_services(spec.services)
-        except BaseException:
-            await sandbox.destroy()
-            raise
-        return sandbox
+        return await _with_services(WeakSandbox(self, spec, meta, meta_path), spec)
 
     def _new_meta(self, spec: SandboxSpec, *, strict: bool = False) -> tuple[SandboxMeta, Path]:
         sandbox_id = "--".join(
@@ -263,13 +261,9 @@ class LocalSandboxProvider:
                 await network.destroy()
             await self.remove_item(meta, meta_path)
             raise
-        sandbox = StrictSandbox(self, spec, meta, meta_path, network=network, agent=agent)
-        try:
-            await sandbox.start_services(spec.services)
-        except BaseException:
-            await sandbox.destroy()
-            raise
-        return sandbox
+        return await _with_services(
+            StrictSandbox(self, spec, meta, meta_path, network=network, agent=agent), spec
+        )
 
     def sandboxes(self) -> list[SandboxMeta]:
         """Every sandbox under root that has metadata (live, kept or orphaned)."""
@@ -316,6 +310,16 @@ class LocalSandboxProvider:
                 await asyncio.to_thread(remove_sandbox_files, Path(meta.path), meta_path)
         except OSError as exc:
             raise SandboxError(f"cannot remove sandbox {meta.id}: {exc}") from exc
+
+
+async def _with_services(sandbox: SandboxT, spec: SandboxSpec) -> SandboxT:
+    """The sandbox once the task's services serve; destroyed if one does not start."""
+    try:
+        await sandbox.start_services(spec.services)
+    except BaseException:
+        await sandbox.destroy()
+        raise
+    return sandbox
 
 
 def _make_item_dir(item_dir: Path) -> None:

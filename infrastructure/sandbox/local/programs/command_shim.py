@@ -6,36 +6,16 @@ command runs stays below it, forks, applies the limits and execs `bash -c comman
 with bash's status, 128+N when a signal killed it.
 """
 
-import os
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from infrastructure.sandbox.local.programs.prelude import (
-        apply_limits,
-        become_subreaper,
-        exit_code,
-    )
+    from infrastructure.sandbox.local.programs.prelude import lead_bash
 
 
 def main() -> None:
     cpu, mem, fsize, nproc = (int(a) for a in sys.argv[1:5])
-    become_subreaper()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            apply_limits(cpu, mem, fsize, nproc)
-            os.execvp("bash", ["bash", "-c", sys.argv[5]])
-        except BaseException as exc:
-            os.write(2, f"sandbox: cannot start bash: {exc}\n".encode())
-        os._exit(126)
-    while True:
-        try:
-            child, status = os.wait()
-        except InterruptedError:
-            continue
-        if child == pid:
-            os._exit(exit_code(status))
+    lead_bash(sys.argv[5], (cpu, mem, fsize, nproc))
 
 
 if __name__ == "__main__":

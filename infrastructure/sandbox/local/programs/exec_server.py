@@ -34,9 +34,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from infrastructure.sandbox.local.programs.prelude import (
         PR_SET_DUMPABLE,
-        apply_limits,
-        become_subreaper,
         exit_code,
+        lead_bash,
         prctl,
     )
 
@@ -51,27 +50,11 @@ def send(channel: socket.socket, message: dict[str, object]) -> None:
 
 
 def lead(command: str, env: dict[str, str], cwd: str, limits: list[int]) -> None:
-    """In the forked leader: run `bash -c command` below us, exit with its status."""
+    """In the forked leader: a session of its own, then `bash -c command` below us."""
     os.setsid()
-    become_subreaper()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            apply_limits(*limits)
-            os.chdir(cwd)
-            os.execve("/bin/bash", ["bash", "-c", command], env)
-        except BaseException as exc:
-            os.write(2, f"sandbox: cannot start bash: {exc}\n".encode())
-        os._exit(126)
-    for fd in (0, 1, 2):
-        os.close(fd)
-    while True:
-        try:
-            child, status = os.wait()
-        except InterruptedError:
-            continue
-        if child == pid:
-            os._exit(exit_code(status))
+    os.chdir(cwd)
+    cpu, mem, fsize, nproc = limits
+    lead_bash(command, (cpu, mem, fsize, nproc), env)
 
 
 def start(channel: socket.socket, message: dict[str, object], fds: list[int]) -> int:

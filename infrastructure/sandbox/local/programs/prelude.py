@@ -49,6 +49,35 @@ def apply_limits(cpu: int, mem: int, fsize: int, nproc: int) -> None:
         resource.setrlimit(res, (soft, hard))
 
 
+def lead_bash(
+    command: str, limits: tuple[int, int, int, int], env: dict[str, str] | None = None
+) -> None:
+    """Be the leader of one command: a subreaper that forks `bash -c command` (with the
+    limits, in `env` or ours), reaps whatever its tree detaches, and exits with bash's status
+    (128+N when signal N killed it). Never returns."""
+    become_subreaper()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            apply_limits(*limits)
+            argv = ["bash", "-c", command]
+            if env is None:
+                os.execvp("bash", argv)
+            os.execve("/bin/bash", argv, env)
+        except BaseException as exc:
+            os.write(2, f"sandbox: cannot start bash: {exc}\n".encode())
+        os._exit(126)
+    for fd in (0, 1, 2):
+        os.close(fd)  # the command has them; holding them would keep its pipes open
+    while True:
+        try:
+            child, status = os.wait()
+        except InterruptedError:
+            continue
+        if child == pid:
+            os._exit(exit_code(status))
+
+
 def exit_code(status: int) -> int:
     """A wait status as a shell reports it: the exit code, or 128+N for signal N."""
     code = os.waitstatus_to_exitcode(status)

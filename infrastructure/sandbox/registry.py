@@ -62,7 +62,7 @@ def default_registry(
         LocalSandboxProvider(Path(sandbox_root), isolation=isolation, uid_range=uid_range)
     )
     if daemon_answers():  # one ping, once per process; the provider itself is lazy
-        registry.register(DockerSandboxProvider())
+        registry.register(DockerSandboxProvider(scope=str(Path(sandbox_root).absolute())))
     return registry
 
 

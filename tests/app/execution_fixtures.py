@@ -26,7 +26,7 @@ from litestar.testing import TestClient
 from app.main import create_app
 from infrastructure.identity.bootstrap import bootstrap
 from infrastructure.sandbox.local import LocalSandboxProvider
-from infrastructure.sandbox.local.provider import NETWORKS_ROOT, STRICT_VIEWS_ROOT
+from infrastructure.sandbox.local.provider import STRICT_VIEWS_ROOT
 from infrastructure.settings import Settings
 from tests.app.conftest import Api, make_settings, run_identity
 
@@ -177,7 +177,7 @@ class Engine:
     def leftover_sandboxes(self, item_id: str) -> list[Path]:
         """Folders, metadata and network files the local provider made for `item_id` (strict
         views of a root worker live under /run/assay, their metadata in the sandbox root)."""
-        roots = [self.sandbox_root, STRICT_VIEWS_ROOT, NETWORKS_ROOT]
+        roots = [self.sandbox_root, STRICT_VIEWS_ROOT, self.sandbox_root / ".networks"]
         return sorted(p for root in roots if root.exists() for p in root.glob(f"{item_id}--*"))
 
 

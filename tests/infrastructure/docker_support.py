@@ -72,7 +72,8 @@ def docker_ready_fixture() -> Iterator[None]:
 
 @pytest.fixture(name="provider")
 def provider_fixture(docker_ready: None) -> DockerSandboxProvider:
-    return DockerSandboxProvider(output_limit=64 * 1024)
+    # A scope of this test run: orphan reaping here never touches another run's sandboxes.
+    return DockerSandboxProvider(output_limit=64 * 1024, scope=f"tests-{os.getpid()}")
 
 
 @pytest.fixture(name="box")

@@ -13,7 +13,12 @@ from collections import defaultdict
 from typing import Any
 
 from infrastructure.sandbox.docker.execution import call
-from infrastructure.sandbox.docker.hardening import LABEL_KEPT, LABEL_SANDBOX, LABEL_WORKER
+from infrastructure.sandbox.docker.hardening import (
+    LABEL_KEPT,
+    LABEL_SANDBOX,
+    LABEL_SCOPE,
+    LABEL_WORKER,
+)
 
 
 def _ignore_missing(exc: BaseException) -> bool:
@@ -60,9 +65,9 @@ async def remove_sandbox(api: Any, sandbox_id: str) -> None:
         await call(what, remove_volume, api, volume["Name"])
 
 
-async def sandboxes_by_worker(api: Any) -> dict[str, tuple[str, bool]]:
-    """sandbox id -> (worker id, kept) of every labelled object this daemon holds."""
-    label = {"label": LABEL_WORKER}
+async def sandboxes_by_worker(api: Any, scope: str) -> dict[str, tuple[str, bool]]:
+    """sandbox id -> (worker id, kept) of every labelled object of `scope` this daemon holds."""
+    label = {"label": [LABEL_WORKER, f"{LABEL_SCOPE}={scope}"]}
     what = "cannot list docker sandboxes"
     found: dict[str, str] = {}
     kept: defaultdict[str, bool] = defaultdict(bool)

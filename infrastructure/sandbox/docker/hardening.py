@@ -24,6 +24,7 @@ USERS: Mapping[Role, str] = {"agent": AGENT_USER, "service": SERVICE_USER, "chec
 
 # Labels every object (container, network, volume) carries: reap_orphans finds a dead
 # worker's leftovers by them, whatever the daemon restarted or renamed.
+LABEL_SCOPE = "assay.scope"
 LABEL_ITEM = "assay.item"
 LABEL_WORKER = "assay.worker"
 LABEL_SANDBOX = "assay.sandbox"
@@ -62,8 +63,18 @@ def valid_service_name(name: str) -> bool:
     return _DNS_LABEL.fullmatch(name) is not None
 
 
-def labels(item: str, worker: str, sandbox: str, role: Role | None = None) -> dict[str, str]:
-    found = {LABEL_ITEM: item, LABEL_WORKER: worker, LABEL_SANDBOX: sandbox}
+def labels(
+    scope: str, item: str, worker: str, sandbox: str, role: Role | None = None
+) -> dict[str, str]:
+    """The labels of every object of a sandbox. `scope` names the installation (its sandbox
+    root): orphan reaping only ever looks at its own scope, since worker liveness is known
+    only within one installation's database, and a daemon may serve several."""
+    found = {
+        LABEL_SCOPE: scope,
+        LABEL_ITEM: item,
+        LABEL_WORKER: worker,
+        LABEL_SANDBOX: sandbox,
+    }
     if role is not None:
         found[LABEL_ROLE] = role
     return found

@@ -138,6 +138,7 @@ class DockerSandboxProvider:
         self,
         *,
         default_image: str = DEFAULT_IMAGE,
+        scope: str = "default",
         base_url: str | None = None,
         output_limit: int = OUTPUT_LIMIT,
         cpus: float = 1.0,
@@ -145,6 +146,7 @@ class DockerSandboxProvider:
         api_timeout_sec: float = 60.0,
     ) -> None:
         self.default_image = default_image
+        self.scope = scope
         self.base_url = base_url
         self.output_limit = output_limit
         self.nano_cpus = int(cpus * 1e9)
@@ -242,7 +244,7 @@ class DockerSandboxProvider:
 
     async def _provision(self, api: Any, spec: SandboxSpec, sandbox_id: str) -> DockerSandbox:
         what = f"cannot provision docker sandbox {sandbox_id}"
-        tag = labels(spec.item_id, spec.worker_id, sandbox_id)
+        tag = labels(self.scope, spec.item_id, spec.worker_id, sandbox_id)
         await call(
             what,
             api.create_network,
@@ -337,7 +339,7 @@ class DockerSandboxProvider:
                     user=user,
                     working_dir=workdir,
                     environment=dict(environment),
-                    labels=labels(spec.item_id, spec.worker_id, sandbox_id, role),
+                    labels=labels(self.scope, spec.item_id, spec.worker_id, sandbox_id, role),
                     host_config=host_config,
                     networking_config=api.create_networking_config({sandbox_id: endpoint}),
                     volumes=[bind["bind"] for bind in binds.values()],
@@ -368,7 +370,7 @@ class DockerSandboxProvider:
         workspace volume at WORKSPACE (read-only for a checker), its own /tmp volume."""
         user = AGENT_USER if role == "agent" else CHECKER_USER
         tmp = f"{name}-tmp"
-        tag = labels(spec.item_id, spec.worker_id, sandbox_id, role)
+        tag = labels(self.scope, spec.item_id, spec.worker_id, sandbox_id, role)
         await self._volume(tmp, spec.disk_bytes // 4, user, tag)
         return await self._create_and_start(
             name,
@@ -438,7 +440,7 @@ class DockerSandboxProvider:
             )
         assert service.context is not None and service.command is not None
         volume = f"{name}-files"
-        tag = labels(spec.item_id, spec.worker_id, sandbox_id, "service")
+        tag = labels(self.scope, spec.item_id, spec.worker_id, sandbox_id, "service")
         await self._volume(volume, spec.disk_bytes // 4, SERVICE_USER, tag)
         environment = {
             "PATH": SAFE_PATH,
@@ -489,7 +491,7 @@ class DockerSandboxProvider:
 
     async def reap_orphans(self, live_worker_ids: frozenset[str]) -> list[str]:
         """Remove every sandbox (by its labels) whose worker is not live, but kept ones."""
-        found = await sandboxes_by_worker(self.api)
+        found = await sandboxes_by_worker(self.api, self.scope)
         reaped: list[str] = []
         for sandbox_id, (worker, kept) in sorted(found.items()):
             if worker in live_worker_ids or kept:

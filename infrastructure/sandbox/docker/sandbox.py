@@ -320,7 +320,10 @@ class DockerSandbox:
             what,
             self._api.create_volume,
             f"{root.id}-kept",
-            labels={**labels(spec.item_id, spec.worker_id, root.id), LABEL_KEPT: "true"},
+            labels={
+                **labels(self._provider.scope, spec.item_id, spec.worker_id, root.id),
+                LABEL_KEPT: "true",
+            },
         )
 
     async def destroy(self) -> None:

@@ -48,8 +48,6 @@ from infrastructure.sandbox.protocol import (
 # Traversable by every uid (see LocalSandboxProvider.views_root); one per host, shared by its
 # root workers, whose item ids never collide.
 STRICT_VIEWS_ROOT = Path("/run/assay/sandboxes")
-# Item networks (namespace files and their metadata), one folder per host likewise.
-NETWORKS_ROOT = Path("/run/assay/networks")
 
 
 SandboxT = TypeVar("SandboxT", StrictSandbox, WeakSandbox)
@@ -80,6 +78,12 @@ class LocalSandboxProvider:
         # One lock folder per host, not per sandbox root: every root worker of the host must
         # see the same uids taken.
         self._uids = UidPool(STRICT_VIEWS_ROOT.parent / "uids", uid_range)
+
+    @property
+    def networks_root(self) -> Path:
+        """Item networks (namespace files, their metadata) of this installation: reaping them
+        by worker liveness is only right within the installation that knows those workers."""
+        return self.root.absolute() / ".networks"
 
     @property
     def views_root(self) -> Path:
@@ -249,7 +253,7 @@ class LocalSandboxProvider:
             await asyncio.to_thread(_make_item_dir, item_dir)
             if root:
                 network = await ItemNetwork.create(
-                    NETWORKS_ROOT, meta.id, spec.egress, worker_id=spec.worker_id
+                    self.networks_root, meta.id, spec.egress, worker_id=spec.worker_id
                 )
                 meta.netns = network.netns_path
                 write_meta(meta_path, meta)
@@ -284,7 +288,7 @@ class LocalSandboxProvider:
         ]
         reaped: list[str] = []
         if os.geteuid() == 0:
-            await asyncio.to_thread(ItemNetwork.reap_orphans, NETWORKS_ROOT, live_worker_ids)
+            await asyncio.to_thread(ItemNetwork.reap_orphans, self.networks_root, live_worker_ids)
         for meta in orphans:
             await self._remove_recorded(meta)
             reaped.append(meta.id)

@@ -152,8 +152,14 @@ class ExecServer:
         self._exits.clear()
 
     async def _request(
-        self, message: dict[str, Any], fds: Sequence[int] = (), timeout: float = REPLY_SEC
+        self,
+        message: dict[str, Any],
+        fds: Sequence[int] = (),
+        timeout: float = REPLY_SEC,
+        exited: asyncio.Future[int] | None = None,
     ) -> dict[str, Any]:
+        """Send a request, await its reply. `exited` (a run's) is registered before sending:
+        a fast command's exit may arrive in the same read as the reply."""
         channel = self._channel
         if channel is None:
             raise SandboxError(f"the {self.name} view is not running")
@@ -161,8 +167,8 @@ class ExecServer:
         ident = message["id"] = self._next_id
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[ident] = waiter
-        if message.get("op") == "run":
-            self._exits[ident] = asyncio.get_running_loop().create_future()
+        if exited is not None:
+            self._exits[ident] = exited
         try:
             socket.send_fds(channel, [json.dumps(message).encode()], list(fds))
         except OSError as exc:
@@ -213,7 +219,9 @@ class ExecServer:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            reply = await self._start_command(command, env, cwd, limits, (in_r, out_w, err_w))
+            reply, exited = await self._start_command(
+                command, env, cwd, limits, (in_r, out_w, err_w)
+            )
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 if fd >= 0:
@@ -223,9 +231,6 @@ class ExecServer:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
         leader = self._leader(int(reply["pid"]))
-        exited = self._exits.get(int(reply["id"]))
-        if exited is None:
-            raise SandboxError(f"{self.name}: the sandbox's server lost the command")
         return await self._collect(
             command, exited, leader, (out_r, err_r, in_w), stdin, started, deadline, loop
         )
@@ -243,7 +248,7 @@ class ExecServer:
         end (a service). Returns its pid inside the view."""
         null = os.open(os.devnull, os.O_RDONLY)
         try:
-            reply = await self._start_command(command, env, cwd, limits, (null, output, output))
+            reply, _ = await self._start_command(command, env, cwd, limits, (null, output, output))
         finally:
             os.close(null)
         self._exits.pop(int(reply["id"]), None)
@@ -256,10 +261,12 @@ class ExecServer:
         cwd: str,
         limits: Sequence[int],
         fds: tuple[int, int, int],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], asyncio.Future[int]]:
+        """The server's reply (with the command's pid) and the future of its exit code."""
         message: dict[str, Any] = {"op": "run", "command": command, "env": dict(env)}
         message |= {"cwd": cwd, "limits": list(limits)}
-        return await self._request(message, fds)
+        exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        return await self._request(message, fds, exited=exited), exited
 
     def _leader(self, ns_pid: int) -> int | None:
         if self.init_pid is None:

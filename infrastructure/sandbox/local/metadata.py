@@ -41,12 +41,10 @@ class SandboxMeta(msgspec.Struct, kw_only=True):
     pgids: list[int] = []
     # Kept by cleanup policy: reap_orphans leaves its files for the operator.
     kept: bool = False
-    # Strict mode: each view's PID 1 as [pid, starttime] (killing one ends its view), the
-    # tmpfs mounts to undo, and the item's network namespace file.
+    # Strict mode. Nothing more is recorded: its views end by themselves when their worker
+    # goes (their exec server sees its control channel close), its mounts are found under
+    # `path`, and its item network keeps metadata of its own (ItemNetwork.reap_orphans).
     strict: bool = False
-    views: list[list[int]] = []
-    mounts: list[str] = []
-    netns: str | None = None
 
 
 def write_meta(path: Path, meta: SandboxMeta) -> None:
@@ -68,10 +66,6 @@ def terminate_recorded(meta: SandboxMeta) -> set[int]:
     if meta.boot_id != boot_id():
         return set()  # Rebooted since: none of its processes can be running.
     killed: set[int] = set()
-    for pid, starttime in meta.views:
-        if same_process(pid, starttime):
-            send_signal(pid, signal.SIGKILL)
-            killed.add(pid)
     init = live_init(meta)
     if init is not None:
         # The kernel kills every process of the PID namespace with its init.

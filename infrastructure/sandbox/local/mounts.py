@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import re
 from pathlib import Path
 
 MNT_DETACH = 2
@@ -38,8 +39,22 @@ def unmount(path: Path) -> None:
     _check(_libc().umount2(os.fsencode(path), MNT_DETACH), "umount", path)
 
 
-def is_mount_point(path: Path) -> bool:
+def mounts_below(folder: Path) -> list[Path]:
+    """The mount points at or below `folder` in this process's mount namespace, deepest
+    first (the order to unmount them in). /proc/self/mountinfo escapes spaces and the like
+    as octal (`\\040`)."""
+    root = str(folder)
+    found = []
     try:
-        return os.path.ismount(path)
+        with open("/proc/self/mountinfo") as mountinfo:
+            for line in mountinfo:
+                point = _unescape(line.split()[4])
+                if point == root or point.startswith(root + "/"):
+                    found.append(Path(point))
     except OSError:
-        return False
+        return []
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)

@@ -255,11 +255,7 @@ class LocalSandboxProvider:
                 network = await ItemNetwork.create(
                     self.networks_root, meta.id, spec.egress, worker_id=spec.worker_id
                 )
-                meta.netns = network.netns_path
-                write_meta(meta_path, meta)
             agent = await self.new_principal(item_dir, "agent", "agent", spec)
-            meta.mounts.append(str(Path(agent.workspace).parent))
-            write_meta(meta_path, meta)
         except BaseException:
             if network is not None:
                 await network.destroy()

@@ -30,8 +30,7 @@ from infrastructure.sandbox.local.constants import SAFE_PATH
 from infrastructure.sandbox.local.exec_client import ExecServer
 from infrastructure.sandbox.local.files import SandboxFileNotFound, read_beneath, relative_parts
 from infrastructure.sandbox.local.metadata import SandboxMeta, remove_sandbox_files, write_meta
-from infrastructure.sandbox.local.mounts import is_mount_point, unmount
-from infrastructure.sandbox.local.processes import read_stat
+from infrastructure.sandbox.local.mounts import mounts_below, unmount
 from infrastructure.sandbox.local.view import Principal, ViewFds, bwrap_argv
 from infrastructure.sandbox.network import ItemNetwork
 from infrastructure.sandbox.protocol import (
@@ -146,10 +145,6 @@ class StrictSandbox:
             except SandboxError:
                 await server.stop()
                 raise
-            proc = read_stat(init)
-            if proc is not None:
-                self._meta.views.append([init, proc.starttime])
-                self._save_meta()
             view.server = server
             return server
 
@@ -264,8 +259,6 @@ class StrictSandbox:
             workspace_read_only=True,
             group=self._agent.principal.uid,
         )
-        self._meta.mounts.append(str(Path(principal.tmp).parent))
-        self._save_meta()
         checker = StrictSandbox(
             provider,
             self.spec,
@@ -289,8 +282,6 @@ class StrictSandbox:
             principal = await self._provider.new_principal(
                 self._dir, "service", f"svc-{service.name}", self.spec
             )
-            self._meta.mounts.append(str(Path(principal.workspace).parent))
-            self._save_meta()
             if service.context is not None:
                 await asyncio.to_thread(_copy_owned, Path(service.context), principal)
             view = _View(principal)
@@ -394,10 +385,9 @@ async def remove_item_files(meta: SandboxMeta, meta_path: Path) -> None:
     ItemNetwork's to remove)."""
 
     def remove() -> None:
-        for mount in meta.mounts:
-            if is_mount_point(Path(mount)):
-                with contextlib.suppress(OSError):
-                    unmount(Path(mount))
+        for mount in mounts_below(Path(meta.path)):
+            with contextlib.suppress(OSError):
+                unmount(mount)
         remove_sandbox_files(Path(meta.path), meta_path)
 
     await asyncio.to_thread(remove)

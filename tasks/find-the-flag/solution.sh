@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reference solution: plain-text flags are decoys, so try every file as base64 and keep the
-# one that decodes to a flag. Prints the flag as the last line.
+# one that decodes to a flag. Writes it to /tmp/result.txt (and prints it).
 set -euo pipefail
 python3 - <<'PY'
 import base64
@@ -19,5 +19,6 @@ for path in sorted(pathlib.Path("haystack").rglob("*")):
     if match:
         print(f"found in {path}")
         print(match.group(1))
+        open("/tmp/result.txt", "w").write(match.group(1) + "\n")
         break
 PY

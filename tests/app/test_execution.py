@@ -22,6 +22,7 @@ import pytest
 
 from app.worker.runner import CANCEL_POLL_SECONDS
 from infrastructure.sandbox.local.provider import STRICT_VIEWS_ROOT
+from infrastructure.tasks import SHIPPED_TASKS_DIR
 from tests.app.conftest import run_identity
 from tests.app.execution_fixtures import (
     FLAG_FILES,
@@ -660,9 +661,12 @@ def test_cleanup_always_removes_the_sandbox_once_the_item_ends(service: Start) -
         wait_until_no_sandbox(engine, item["id"])
         sandbox = engine.item(created["id"], item["id"])["metadata_json"]["sandbox"]
         assert "kept" not in sandbox and sandbox["isolation"]["level"] == "strict"
-    # The worker made the sandboxes under sandbox_root and left nothing there.
+    # The worker made the sandboxes under sandbox_root and left nothing there (but the empty
+    # folder of item networks).
     assert engine.sandbox_root.is_dir()
-    assert list(engine.sandbox_root.iterdir()) == []
+    assert [p.name for p in engine.sandbox_root.iterdir()] in ([], [".networks"])
+    networks = engine.sandbox_root / ".networks"
+    assert not networks.exists() or list(networks.iterdir()) == []
 
 
 # ---- retry-failed ----
@@ -753,10 +757,22 @@ def test_a_small_evaluation_is_not_starved_by_a_big_one_created_before_it(
 # ---- the openai agent ----
 
 
-def test_openai_agent_solves_a_task_against_a_scripted_endpoint(service: Start) -> None:
+def test_openai_agent_solves_a_task_against_a_scripted_endpoint(
+    service: Start, bundles: Path
+) -> None:
     secret_value = "sk-test-0123456789abcdef"
     model = "gpt-scripted-mini"
     flag = SHIPPED_FLAGS["decode-payload"]
+    # A task graded on the agent's submission (Assay's own format): `submit` is the answer.
+    folder = write_bundle(
+        bundles,
+        "submit-the-payload",
+        instruction="./payload.txt hides a flag. Submit it.",
+        flag=flag,
+    )
+    (folder / "payload.txt").write_text(
+        (SHIPPED_TASKS_DIR / "decode-payload" / "workspace" / "payload.txt").read_text()
+    )
     with ScriptedOpenAI() as server:
         server.push(
             completion(
@@ -784,7 +800,7 @@ def test_openai_agent_solves_a_task_against_a_scripted_endpoint(service: Start) 
         created = engine.create(
             name="openai",
             model=model,
-            task_names=["decode-payload"],
+            task_names=["submit-the-payload"],
             runtime_id=runtime_id,
             secret_ids=[secret_id],
         )

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Checker: runs in the task's working directory after the agent. Passes (exit 0) only when the
-# command injection in logtool.count_matches no longer works AND the function still counts
-# correctly. It brings its own fixtures, so nothing the agent changed besides logtool.py
-# affects the verdict.
+# Checker: runs after the agent, as a principal of its own, in the agent's workspace (read-only).
+# Passes (exit 0) only when the command injection in logtool.count_matches no longer works AND
+# the function still counts correctly. It brings its own fixtures, so nothing the agent changed
+# besides logtool.py affects the verdict.
 set -uo pipefail
 task_dir=$(pwd)
 scratch=$(mktemp -d)

@@ -163,7 +163,7 @@ def test_capability_without_model_is_accepted(api: Api) -> None:
 
 
 def test_one_queued_item_per_task_name_in_order(api: Api) -> None:
-    names = ["decode-payload", "find-the-flag", "acme/crack-weak-hash", "find-the-flag@1.0.0"]
+    names = ["decode-payload", "find-the-flag", "acme/crack-weak-hash", "find-the-flag@2.0.0"]
     evaluation = api.create(task_names=names, model="m-1").json()
 
     items = items_of(api, evaluation["id"])
@@ -183,7 +183,7 @@ def test_one_queued_item_per_task_name_in_order(api: Api) -> None:
         assert item["model"] == "m-1"
         assert item["passed"] is None
         assert item["retry_count"] == 0
-    assert items[3]["task_ref"] == "find-the-flag@1.0.0"
+    assert items[3]["task_ref"] == "find-the-flag@2.0.0"
     assert len({i["id"] for i in items}) == 4
 
 

@@ -31,6 +31,7 @@ from infrastructure.agents.protocol import (
 from infrastructure.agents.registry import agent_names, create_agent
 from infrastructure.sandbox.protocol import ExecResult, Sandbox
 from infrastructure.tasks import (
+    FlagFileVerification,
     FlagVerification,
     Task,
     load_bundle,
@@ -136,8 +137,9 @@ async def prepared_sandbox(task: Task, tmp_path: Path) -> TmpSandbox:
     """A sandbox holding the bundle as the runner leaves it for the agent: everything but the
     reference solution and the checker."""
     sandbox = TmpSandbox(tmp_path / "sandbox")
-    hidden = {name for name in (task.solution, getattr(task.verification, "script", None)) if name}
-    await sandbox.put_tree(task.bundle_dir, exclude=frozenset(hidden))
+    tree = task.agent_tree()
+    if tree.source is not None:
+        await sandbox.put_tree(tree.source, exclude=tree.exclude)
     if task.setup is not None:
         result = await sandbox.run(task.setup, timeout_sec=30)
         assert result.exit_code == 0, result.stderr
@@ -157,6 +159,9 @@ def context_for(task: Task, **overrides: object) -> AgentContext:
 
 
 def flag_of(task: Task) -> str:
+    if isinstance(task.verification, FlagFileVerification):
+        assert task.verification.value is not None
+        return task.verification.value
     assert isinstance(task.verification, FlagVerification)
     return task.verification.flag
 

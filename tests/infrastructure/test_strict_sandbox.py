@@ -406,3 +406,12 @@ async def test_strict_is_refused_with_the_fix_where_bubblewrap_is_missing(
         assert LocalSandboxProvider(tmp_path, isolation="weak").unavailable_reason() is None
     finally:
         strict_probe.probe_strict.cache_clear()
+
+
+def test_the_start_up_report_names_each_strict_feature_the_host_gives(tmp_path: Path) -> None:
+    report = strict_provider(tmp_path).isolation_report()
+    assert report["bubblewrap_view"] and report["capabilities_dropped"]
+    assert report["no_new_privileges"] and report["user_namespaces_refused"]
+    root = os.geteuid() == 0
+    assert report["distinct_uids"] is root and report["workspace_quota"] is root
+    assert set(report) >= {"cgroup_memory", "cgroup_pids", "cgroup_cpu", "filtered_egress"}

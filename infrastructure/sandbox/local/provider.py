@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,12 @@ from typing import TypeVar
 import msgspec
 
 from infrastructure.sandbox.local.cgroups import Cgroup, available_controllers, remove_stale
-from infrastructure.sandbox.local.constants import KILL_WAIT_SEC, META_SUFFIX, OUTPUT_LIMIT
+from infrastructure.sandbox.local.constants import (
+    KILL_WAIT_SEC,
+    META_SUFFIX,
+    OUTPUT_LIMIT,
+    SAFE_PATH,
+)
 from infrastructure.sandbox.local.metadata import (
     SandboxMeta,
     remove_sandbox_files,
@@ -144,9 +150,22 @@ class LocalSandboxProvider:
         if self.level == "weak":
             return self.isolation.report()
         if probe_strict().tools is None:
-            return {"strict": False}
-        report = self.strict_isolation(SandboxSpec(item_id="-", worker_id="-"))
-        return {key: value not in (False, "none", "rlimit") for key, value in report.items()}
+            return {"bubblewrap_view": False}
+        root = os.geteuid() == 0
+        controllers = available_controllers()
+        return {
+            "bubblewrap_view": True,
+            "capabilities_dropped": True,
+            "no_new_privileges": True,
+            "user_namespaces_refused": True,
+            "distinct_uids": root,
+            "item_network": root,
+            "filtered_egress": root and egress_tools_present(),
+            "cgroup_memory": "memory" in controllers,
+            "cgroup_pids": "pids" in controllers,
+            "cgroup_cpu": "cpu" in controllers,
+            "workspace_quota": root,
+        }
 
     # -- strict helpers (used by StrictSandbox) ----------------------------------------------
 
@@ -320,6 +339,11 @@ async def _with_services(sandbox: SandboxT, spec: SandboxSpec) -> SandboxT:
         await sandbox.destroy()
         raise
     return sandbox
+
+
+def egress_tools_present() -> bool:
+    """Whether the item network can give an uplink here (slirp4netns and nft)."""
+    return all(shutil.which(tool, path=SAFE_PATH) for tool in ("slirp4netns", "nft"))
 
 
 def _make_item_dir(item_dir: Path) -> None:

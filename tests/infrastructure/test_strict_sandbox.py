@@ -5,6 +5,7 @@ pins the ordinary behaviour (commands, files, services, checker, limits, clean-u
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from infrastructure.sandbox.local import (
     LocalSandboxProvider,
@@ -20,6 +23,7 @@ from infrastructure.sandbox.local import (
     StrictSandbox,
     strict_probe,
 )
+from infrastructure.sandbox.local.programs import exec_server
 from infrastructure.sandbox.protocol import (
     WORKSPACE,
     IsolationUnavailable,
@@ -415,3 +419,12 @@ def test_the_start_up_report_names_each_strict_feature_the_host_gives(tmp_path: 
     root = os.geteuid() == 0
     assert report["distinct_uids"] is root and report["workspace_quota"] is root
     assert set(report) >= {"cgroup_memory", "cgroup_pids", "cgroup_cpu", "filtered_egress"}
+
+
+@given(st.dictionaries(st.text(), st.one_of(st.none(), st.booleans(), st.integers(), st.text())))
+def test_the_exec_servers_replies_are_json_whatever_the_text(
+    message: dict[str, object],
+) -> None:
+    """The exec server writes its replies without the json module (its start is cheaper for
+    it); whatever a command's error text holds, the worker reads back exactly that."""
+    assert json.loads(exec_server.to_json(message)) == message

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import marshal
 import os
 import socket
 import time
@@ -170,7 +171,7 @@ class ExecServer:
         if exited is not None:
             self._exits[ident] = exited
         try:
-            socket.send_fds(channel, [json.dumps(message).encode()], list(fds))
+            socket.send_fds(channel, [marshal.dumps(message)], list(fds))
         except OSError as exc:
             self._replies.pop(ident, None)
             self._exits.pop(ident, None)

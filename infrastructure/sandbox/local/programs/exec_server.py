@@ -6,7 +6,9 @@ capabilities, in the view's namespaces. Every command is then a fork of this pro
 interpreter, no new bwrap), which is what makes a strict sandbox cheap per command.
 
 Control channel: argv[1] is the number of a SOCK_SEQPACKET socket shared with the worker. Each
-message is one JSON object; file descriptors travel beside it (SCM_RIGHTS):
+message is one object, file descriptors beside it (SCM_RIGHTS); requests arrive in `marshal`
+(the worker is trusted, and importing `json` would cost this program's start half again),
+replies leave as JSON written by `to_json` (the worker never unmarshals what a sandbox sent):
   {"op": "run", "id": N, "command": str, "env": {..}, "cwd": str, "limits": [cpu, mem, fsize,
    nproc]} + fds [stdin, stdout, stderr]  ->  {"id": N, "pid": P} then {"id": N, "exit": C}
   {"op": "write", "id": N, "path": str, "mode": M} + fds [source]  ->  {"id": N, "ok": true}
@@ -22,7 +24,7 @@ descriptors; and as PID 1 of its namespace it ignores every signal they send it.
 
 import contextlib
 import errno
-import json
+import marshal
 import os
 import selectors
 import signal
@@ -42,9 +44,38 @@ if TYPE_CHECKING:
 MAX_FDS = 4
 
 
+def to_json(message: dict[str, object]) -> str:
+    """A flat object of ints, bools, None and strings as JSON."""
+    fields = []
+    for key, value in message.items():
+        if value is None or isinstance(value, bool):
+            text = {None: "null", True: "true", False: "false"}[value]
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = quote(str(value))
+        fields.append(f"{quote(key)}: {text}")
+    return "{" + ", ".join(fields) + "}"
+
+
+def quote(text: str) -> str:
+    escaped = []
+    for char in text:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif ord(char) >= 0x10000:  # a surrogate pair, as JSON spells it
+            code = ord(char) - 0x10000
+            escaped.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        elif ord(char) < 0x20 or ord(char) >= 0x7F:
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
 def send(channel: socket.socket, message: dict[str, object]) -> None:
     try:
-        channel.send(json.dumps(message).encode())
+        channel.send(to_json(message).encode())
     except OSError:
         os._exit(0)  # the worker is gone: so is this view
 
@@ -169,7 +200,7 @@ def serve(channel: socket.socket) -> None:
                 continue
             if not data:
                 os._exit(0)
-            message = json.loads(data)
+            message = marshal.loads(data)
             ident = message.get("id")
             try:
                 op = message.get("op")

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from infrastructure.db.engine import create_engine
 from infrastructure.db.migrate import upgrade_sync
+from tests.ci import unavailable
 
 PG_ADMIN_URL = os.environ.get("ASSAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-UNDER_CI = os.environ.get("CI", "").lower() == "true"
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -71,9 +71,7 @@ class PgDatabases:
 def pg_databases() -> Iterator[PgDatabases]:
     reason = _pg_unavailable_reason()
     if reason:
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(reason)
+        unavailable("PostgreSQL", reason)
     dbs = PgDatabases()
     yield dbs
     dbs.drop_all()

@@ -401,3 +401,18 @@ class Dn:
             stdin=subprocess.DEVNULL,
         )
         return DnResult(list(args), done.returncode, done.stdout, done.stderr)
+
+
+def dn_or_skip() -> Path:
+    """The `dn` executable for a test, or a skip with the reason where the package index is
+    out of reach (a failure under CI=true, where it must run); a broken install fails."""
+    import pytest
+
+    from tests.ci import unavailable
+
+    try:
+        return ensure_dn()
+    except DnUnavailable as exc:
+        unavailable("the dn client", f"it cannot be installed: {exc}")
+    except DnInstallFailed as exc:
+        pytest.fail(f"installing the dn client failed: {exc}")

@@ -9,9 +9,7 @@ runs no worker (ASSAY_WORKERS=0), so evaluations stay queued until a test cancel
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,29 +21,17 @@ import pytest
 from tests.app import dn_client
 from tests.app.dn_client import (
     Dn,
-    DnInstallFailed,
     DnResult,
-    DnUnavailable,
     LiveServer,
-    ensure_dn,
+    dn_or_skip,
 )
 
-UNDER_CI = os.environ.get("CI", "").lower() == "true"
 MODEL = "openai/gpt-4o-mini"
 
 
 @pytest.fixture(scope="session")
 def dn_executable() -> Path:
-    try:
-        return ensure_dn()
-    except DnUnavailable as exc:
-        reason = f"the dn client cannot be installed: {exc}"
-        print(reason, file=sys.stderr)
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires the dn client: {exc}")
-        pytest.skip(reason)
-    except DnInstallFailed as exc:
-        pytest.fail(f"installing the dn client failed: {exc}")
+    return dn_or_skip()
 
 
 @pytest.fixture(scope="module")

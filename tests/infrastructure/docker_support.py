@@ -17,8 +17,8 @@ import pytest
 from infrastructure.sandbox.docker import DEFAULT_IMAGE, DockerSandbox, DockerSandboxProvider
 from infrastructure.sandbox.docker.provider import daemon_answers
 from infrastructure.sandbox.protocol import SandboxSpec, ServiceSpec
+from tests.ci import unavailable
 
-UNDER_CI = os.environ.get("CI", "").lower() == "true"
 WORKER = "docker-test-worker"
 
 
@@ -36,9 +36,7 @@ def docker_unavailable_reason() -> str | None:
 def require_docker() -> None:
     reason = docker_unavailable_reason()
     if reason:
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires Docker: {reason}")
-        pytest.skip(reason)
+        unavailable("Docker", reason)
 
 
 def spec(**fields: Any) -> SandboxSpec:

@@ -6,28 +6,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from infrastructure.sandbox.local import LocalSandboxProvider, StrictSandbox
 from infrastructure.sandbox.local.strict_probe import probe_strict
 from infrastructure.sandbox.protocol import SandboxSpec
-
-UNDER_CI = os.environ.get("CI", "").lower() == "true"
+from tests.ci import unavailable
 
 
 def require_strict() -> None:
     problem = probe_strict().problem
     if problem is not None:
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires the strict sandbox: {problem}")
-        pytest.skip(f"strict sandbox unavailable here: {problem}")
+        unavailable("the strict sandbox", problem)
 
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        if UNDER_CI:
-            pytest.fail("CI=true runs the sandbox suites as root (distinct uids, cgroups)")
-        pytest.skip("needs a root worker: distinct uids, item network, cgroups, tmpfs quota")
+        unavailable("a root worker", "distinct uids, item network, cgroups, tmpfs quota")
 
 
 def strict_provider(root: Path, **options: object) -> LocalSandboxProvider:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,26 +20,15 @@ from infrastructure.tasks import (
     load_bundle,
     load_catalog,
 )
-from tests.app.dn_client import DnInstallFailed, DnUnavailable, ensure_dn
+from tests.app.dn_client import dn_or_skip
 
-UNDER_CI = os.environ.get("CI", "").lower() == "true"
 DN_FORMAT_TASKS = sorted(task.name for task in load_catalog().tasks() if task.format == "dreadnode")
 
 
 @pytest.fixture(scope="module")
 def dn(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """How to run `dn`, with a throw-away HOME so no profile or config of this host is read."""
-    try:
-        executable = ensure_dn()
-    except DnUnavailable as exc:
-        reason = f"the dn client cannot be installed: {exc}"
-        print(reason, file=sys.stderr)
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires the dn client: {exc}")
-        pytest.skip(reason)
-    except DnInstallFailed as exc:
-        pytest.fail(f"installing the dn client failed: {exc}")
-    return [str(executable)]
+    return [str(dn_or_skip())]
 
 
 def run_dn(dn: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -37,8 +37,8 @@ from infrastructure.sandbox.network.dns import DnsProxy, build_response, parse_q
 from infrastructure.sandbox.network.firewall import ALWAYS_BLOCKED, HOST_TABLE_PREFIX
 from infrastructure.sandbox.network.item_network import SLIRP_GID
 from infrastructure.sandbox.protocol import EgressPolicy, SandboxError
+from tests.ci import unavailable
 
-UNDER_CI = os.environ.get("CI", "").lower() == "true"
 TOOLS = ("slirp4netns", "nft", "ip", "nsenter", "setpriv", "unshare")
 SYSTEM_PYTHON = "/usr/bin/python3"  # readable by uid 65534, unlike a virtualenv under /root
 SERVER_PORT = 8080
@@ -70,9 +70,7 @@ def _missing() -> str | None:
 def _require_host() -> None:
     reason = _missing()
     if reason:
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires item networks: {reason}")
-        pytest.skip(reason)
+        unavailable("item networks", reason)
 
 
 def _host_addresses() -> list[str]:

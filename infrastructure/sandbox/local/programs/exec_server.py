@@ -22,13 +22,14 @@ not dumpable, so the sandbox's own commands (same uid) can neither trace it nor 
 descriptors; and as PID 1 of its namespace it ignores every signal they send it.
 """
 
-import contextlib
+# Only modules written in C: `signal`, `socket` and `selectors` import `enum` (and it `re`...),
+# which would double what each view's start costs in CPU. Every item starts one of these.
+import _signal  # type: ignore[import-not-found]  # (no stubs: the C half of `signal`)
+import _socket
 import errno
 import marshal
 import os
-import selectors
-import signal
-import socket
+import select
 import sys
 import time
 
@@ -42,6 +43,22 @@ if TYPE_CHECKING:
     )
 
 MAX_FDS = 4
+SOL_SOCKET, SCM_RIGHTS = 1, 1
+INT_SIZE = 4  # a C int: what SCM_RIGHTS carries per descriptor
+FDS_SPACE = _socket.CMSG_SPACE(MAX_FDS * INT_SIZE)
+
+
+def receive(channel: _socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors beside it (what `socket.recv_fds` does, without the
+    `array` module, whose import drags `collections` in)."""
+    data, ancillary, _, _ = channel.recvmsg(1 << 20, FDS_SPACE)
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            for start in range(0, len(payload) - len(payload) % INT_SIZE, INT_SIZE):
+                chunk = payload[start : start + INT_SIZE]
+                fds.append(int.from_bytes(chunk, sys.byteorder, signed=True))
+    return data, fds
 
 
 def to_json(message: dict[str, object]) -> str:
@@ -73,7 +90,7 @@ def quote(text: str) -> str:
     return '"' + "".join(escaped) + '"'
 
 
-def send(channel: socket.socket, message: dict[str, object]) -> None:
+def send(channel: _socket.socket, message: dict[str, object]) -> None:
     try:
         channel.send(to_json(message).encode())
     except OSError:
@@ -88,7 +105,7 @@ def lead(command: str, env: dict[str, str], cwd: str, limits: list[int]) -> None
     lead_bash(command, (cpu, mem, fsize, nproc), env)
 
 
-def start(channel: socket.socket, message: dict[str, object], fds: list[int]) -> int:
+def start(channel: _socket.socket, message: dict[str, object], fds: list[int]) -> int:
     stdin, stdout, stderr = fds
     pid = os.fork()
     if pid == 0:
@@ -99,8 +116,8 @@ def start(channel: socket.socket, message: dict[str, object], fds: list[int]) ->
             for fd in fds:
                 if fd > 2:
                     os.close(fd)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            _signal.set_wakeup_fd(-1)
             env = {str(k): str(v) for k, v in dict(message["env"]).items()}  # type: ignore[call-overload]
             limits = [int(v) for v in list(message["limits"])]  # type: ignore[call-overload]
             lead(str(message["command"]), env, str(message["cwd"]), limits)
@@ -121,8 +138,10 @@ def write_file(message: dict[str, object], fds: list[int]) -> None:
     directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | flags)
     try:
         for part in parts[:-1]:
-            with contextlib.suppress(FileExistsError):
+            try:  # noqa: SIM105 (contextlib would import collections and more at start)
                 os.mkdir(part, 0o755, dir_fd=directory)
+            except FileExistsError:
+                pass
             inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | flags, dir_fd=directory)
             os.close(directory)
             directory = inner
@@ -153,16 +172,20 @@ def running(pid: object) -> bool:
 def wait_port(port: int, timeout: float, watch: object) -> bool:
     deadline = time.monotonic() + timeout
     while True:
+        probe = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        probe.settimeout(1)
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            probe.connect(("127.0.0.1", port))
             return True
         except OSError:
             if time.monotonic() >= deadline or not running(watch):
                 return False
             time.sleep(0.02)
+        finally:
+            probe.close()
 
 
-def reap(channel: socket.socket, leaders: dict[int, object]) -> None:
+def reap(channel: _socket.socket, leaders: dict[int, object]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -174,18 +197,22 @@ def reap(channel: socket.socket, leaders: dict[int, object]) -> None:
             send(channel, {"id": leaders.pop(pid), "exit": exit_code(status)})
 
 
-def serve(channel: socket.socket) -> None:
+def serve(channel: _socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector = selectors.DefaultSelector()
-    selector.register(channel, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
+    _signal.set_wakeup_fd(wake_w)
+    _signal.signal(_signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     leaders: dict[int, object] = {}
     send(channel, {"ready": True})
     while True:
-        for key, _ in selector.select():
-            if key.fileobj == wake_r:
+        try:
+            ready = poller.poll()
+        except InterruptedError:
+            continue
+        for fd, _ in ready:
+            if fd == wake_r:
                 while True:
                     try:
                         if not os.read(wake_r, 512):
@@ -195,7 +222,7 @@ def serve(channel: socket.socket) -> None:
                 reap(channel, leaders)
                 continue
             try:
-                data, fds, _, _ = socket.recv_fds(channel, 1 << 20, MAX_FDS)
+                data, fds = receive(channel)
             except InterruptedError:
                 continue
             if not data:
@@ -232,7 +259,7 @@ def serve(channel: socket.socket) -> None:
 
 def main() -> None:
     prctl(PR_SET_DUMPABLE, 0)
-    channel = socket.socket(fileno=int(sys.argv[1]))
+    channel = _socket.socket(fileno=int(sys.argv[1]))
     os.set_inheritable(channel.fileno(), False)
     for fd in (0, 1):
         os.dup2(os.open(os.devnull, os.O_RDWR), fd)

@@ -5,10 +5,10 @@ they find these functions as globals; the type checker finds them through the im
 `TYPE_CHECKING` in each program.
 """
 
+import _signal  # type: ignore[import-not-found]  # (no stubs: the C half of `signal`)
 import ctypes
 import os
 import resource
-import signal
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_DUMPABLE = 4
@@ -31,8 +31,8 @@ def apply_limits(cpu: int, mem: int, fsize: int, nproc: int) -> None:
     """Set the command's rlimits (a negative one is not applied; never above a hard limit
     already in force) and undo the signal dispositions Python ignores: ignored dispositions
     survive exec, so `yes | head` or a too-big write would misbehave."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
     limits = [
         (resource.RLIMIT_CPU, cpu, cpu + 1),
         (resource.RLIMIT_AS, mem, mem),

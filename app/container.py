@@ -81,6 +81,7 @@ class Container:
                 identity=identity,
                 catalog=catalog,
                 settings=settings,
+                tasks=registry,
             ),
             queue=queue,
             registry=registry,
@@ -105,6 +106,7 @@ class Container:
             identity=self.identity,
             catalog=self.catalog,
             slots=slots,
+            bundles=self.bundles,
         )
 
     async def follow_log(self) -> None:

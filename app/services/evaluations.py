@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -26,6 +26,7 @@ from infrastructure.identity.records import Principal, Runtime
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
+from infrastructure.registry.bundles import ResolvedTask
 from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, UnknownTask
@@ -39,6 +40,12 @@ def actor_of(principal: Principal) -> Actor:
     return Actor(
         user_id=user.id, email=user.email, username=user.username, full_name=user.full_name
     )
+
+
+class TaskResolver(Protocol):
+    """Finds what a task ref names for an org, with its bundle's digest (the registry)."""
+
+    async def resolve(self, org_id: str, ref: str) -> ResolvedTask: ...
 
 
 class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +66,7 @@ class EvaluationService:
         settings: Settings,
         clock: Callable[[], str] = utc_now,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        tasks: TaskResolver | None = None,
     ) -> None:
         self.store = store
         self.queries = queries
@@ -67,6 +75,8 @@ class EvaluationService:
         self.settings = settings
         self.clock = clock
         self.new_id = new_id
+        # Without one (tests of create alone), refs resolve in the catalog and carry no digest.
+        self.tasks = tasks
         # Called after a command made items claimable, so an in-process worker starts at once.
         self.notify_work: Callable[[], None] = lambda: None
 
@@ -76,7 +86,7 @@ class EvaluationService:
         if not ctx.principal.can_create(ctx.org_id, ctx.workspace_id):
             raise ApiError(403, "your role in this organization cannot create evaluations")
         errors: list[FieldError] = []
-        specs = self._item_specs(request, errors)
+        specs = await self._item_specs(ctx, request, errors)
         self._check_agent(request, errors)
         if request.kind not in SUPPORTED_KINDS:
             errors.append(_field_error(["body", "kind"], f"kind must be one of {SUPPORTED_KINDS}"))
@@ -132,8 +142,8 @@ class EvaluationService:
         # A new evaluation's row is exactly the fold of its own events: no read needed.
         return fold(recorded).evaluations[evaluation_id]
 
-    def _item_specs(
-        self, request: CreateEvaluationRequest, errors: list[FieldError]
+    async def _item_specs(
+        self, ctx: CommandContext, request: CreateEvaluationRequest, errors: list[FieldError]
     ) -> list[ev.ItemSpec]:
         rows: list[tuple[list[str | int], str, dict[str, Any]]] = []
         if request.task_names:  # task_names wins over dataset
@@ -160,10 +170,11 @@ class EvaluationService:
         specs: list[ev.ItemSpec] = []
         for loc, ref, variables in rows:
             try:
-                task = self.catalog.resolve(ref)
+                resolved = await self._resolve(ctx.org_id, ref)
             except UnknownTask:
                 errors.append(_field_error(loc, f"unknown task {ref!r}", "unknown_task"))
                 continue
+            task = resolved.task
             if not task.has_verification:
                 errors.append(
                     _field_error(
@@ -175,11 +186,18 @@ class EvaluationService:
                 ev.ItemSpec(
                     item_id=self.new_id(),
                     task_name=task.name,
-                    task_ref=task.ref,
+                    task_ref=resolved.ref,
                     variables=variables,
+                    bundle_digest=resolved.digest,
                 )
             )
         return specs
+
+    async def _resolve(self, org_id: str, ref: str) -> ResolvedTask:
+        if self.tasks is not None:
+            return await self.tasks.resolve(org_id, ref)
+        task = self.catalog.resolve(ref)
+        return ResolvedTask(task=task, ref=task.ref, digest=None, source="catalog")
 
     def _check_openai_endpoint(
         self, request: CreateEvaluationRequest, runtime: Runtime | None

@@ -32,7 +32,7 @@ from infrastructure.clock import utc_now
 from infrastructure.identity.records import CREATOR_ROLES, MANAGER_ROLES, Org, Principal
 from infrastructure.identity.store import IdentityStore
 from infrastructure.registry.blobs import BlobStore, DigestInvalid, check_digest, sha256_digest
-from infrastructure.registry.bundles import BundleSource, load_layer
+from infrastructure.registry.bundles import BundleSource, ResolvedTask, load_layer
 from infrastructure.registry.log import RegistryLog
 from infrastructure.tasks import Task, TaskBundleError, TaskCatalog, UnknownTask, version_key
 
@@ -45,15 +45,6 @@ ANN_VERSION = "io.dreadnode.version"
 MAX_MANIFEST_BYTES = 256 * 1024
 NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
 _REF = re.compile(r"\A(?:(?P<org>[^/@\s]+)/)?(?P<name>[^/@\s]+)(?:@(?P<version>[^/@\s]+))?\Z")
-
-
-class ResolvedTask(msgspec.Struct, frozen=True, kw_only=True):
-    """What create needs of a task ref: the task, its canonical ref, and its bundle's digest."""
-
-    task: Task
-    ref: str
-    digest: str
-    source: str  # "registry" or "catalog"
 
 
 class TaskEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -373,21 +364,23 @@ class RegistryService:
 
     # ---- create: refs to runnable tasks ----
 
-    async def resolve(self, org: Org, ref: str) -> ResolvedTask:
-        """`[org/]name[@version]`: the org's pushed versions first (or another org's public
-        ones, when named), then the catalog. UnknownTask when nothing matches."""
+    async def resolve(self, org_id: str, ref: str) -> ResolvedTask:
+        """`[org/]name[@version]` for a create in `org_id`: the org's pushed versions first (or
+        another org's public ones, when named), then the catalog. UnknownTask when nothing
+        matches."""
         match = _REF.match(ref.strip())
         if not match:
             raise UnknownTask(ref)
         owner_key, name, version = match["org"], match["name"], match["version"]
-        owner = org
-        if owner_key is not None and owner_key != org.key:
+        owner_id = org_id
+        if owner_key is not None:
             found = await self.identity.get_org_by_key(owner_key)
-            if found is None:
-                raise UnknownTask(ref)
-            owner = found
-        family = await self.log.family(owner.id, name)
-        if family is not None and (owner.id == org.id or family.is_public):
+            # An org that does not exist may still be the client's habit of prefixing refs
+            # with its own org: only a real other org's name is looked up there.
+            if found is not None:
+                owner_id = found.id
+        family = await self.log.family(owner_id, name)
+        if family is not None and (owner_id == org_id or family.is_public):
             state = _version_by_reference(family, version or "latest")
             if state is not None:
                 pushed = state.pushed
@@ -398,10 +391,10 @@ class RegistryService:
                     digest=pushed.bundle_digest,
                     source="registry",
                 )
-        if owner.id != org.id:
+        if owner_id != org_id:
             raise UnknownTask(ref)
         task = self.catalog.resolve(f"{name}@{version}" if version else name)
-        digest = await self.bundles.store_catalog_bundle(org.id, task.bundle_dir)
+        digest = await self.bundles.store_catalog_bundle(org_id, task.bundle_dir)
         return ResolvedTask(task=task, ref=task.ref, digest=digest, source="catalog")
 
 

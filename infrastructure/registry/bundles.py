@@ -17,6 +17,8 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+import msgspec
+
 from infrastructure.registry.blobs import BlobStore, sha256_digest
 from infrastructure.tasks import Task, TaskBundleError, UnknownTask, load_bundle
 
@@ -129,6 +131,15 @@ class BundleCache:
         task = load_bundle(self.folder(digest))
         self._loaded[digest] = task
         return task
+
+
+class ResolvedTask(msgspec.Struct, frozen=True, kw_only=True):
+    """What create needs of a task ref: the task, its canonical ref, and its bundle's digest."""
+
+    task: Task
+    ref: str
+    digest: str | None  # None only where no registry is wired (create tested alone)
+    source: str  # "registry" or "catalog"
 
 
 class BundleMissing(UnknownTask):

@@ -1,13 +1,15 @@
 """The task registry: pushed task versions and their visibility, as events and a fold.
 
-A task family is one stream (`task`, id `<org_id>/<name>`): its versions, each bound to the
-digest of the bundle pushed under it, and whether the family is public. A version is
+A task family is one stream (`task`, id a uuid5 of `<org_id>/<name>`): its versions, each
+bound to the digest of the bundle pushed under it, and whether the family is public. A version is
 immutable: pushing other bytes under a version already there is refused; pushing the same
 bytes again changes nothing. Deleting a version frees it. Pure: time and actors come in
 through the store's envelope, never from here.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import msgspec
 
@@ -48,8 +50,12 @@ AnyTaskEvent = TaskVersionPushed | TaskVersionDeleted | TaskVisibilityChanged
 TASK_STREAM = "task"
 
 
+# Stream ids are uuid-sized in the log: a family's is derived from (org id, name).
+_TASK_NAMESPACE = uuid.UUID("6f1d3c52-9a47-4a8e-b1f0-7c2d5e8a9b30")
+
+
 def task_stream_id(org_id: str, name: str) -> str:
-    return f"{org_id}/{name}"
+    return str(uuid.uuid5(_TASK_NAMESPACE, f"{org_id}/{name}"))
 
 
 class TaskVersionState(msgspec.Struct, frozen=True, kw_only=True):

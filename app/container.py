@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import Authenticator
 from app.services.evaluations import EvaluationService
 from app.services.registry import RegistryService
+from app.services.task_sets import TaskSetService
 from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
@@ -47,6 +48,7 @@ class Container:
     queue: WorkQueue
     registry: RegistryService
     bundles: BundleSource
+    task_sets: TaskSetService
     _capacity: tuple[float, int] = (0.0, 0)
 
     @classmethod
@@ -67,6 +69,7 @@ class Container:
             identity=identity,
             catalog=catalog,
         )
+        task_sets = TaskSetService(registry)
         return cls(
             settings=settings,
             engine=engine,
@@ -82,10 +85,12 @@ class Container:
                 catalog=catalog,
                 settings=settings,
                 tasks=registry,
+                task_sets=task_sets,
             ),
             queue=queue,
             registry=registry,
             bundles=bundles,
+            task_sets=task_sets,
         )
 
     async def capacity(self) -> int:

@@ -19,6 +19,7 @@ from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
 from app.api.oci import ClientRegistryController, RegistryController
 from app.api.scope import ScopeController
+from app.api.task_sets import TaskSetController
 from app.api.tasks import TaskController
 from app.auth import raw_key_of
 from app.container import Container
@@ -32,6 +33,7 @@ ROUTES: list[ControllerRouterHandler] = [
     EvaluationController,
     ScopeController,
     TaskController,
+    TaskSetController,
     RegistryController,
     ClientRegistryController,
     health,

@@ -47,6 +47,17 @@ NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]*\Z")
 _REF = re.compile(r"\A(?:(?P<org>[^/@\s]+)/)?(?P<name>[^/@\s]+)(?:@(?P<version>[^/@\s]+))?\Z")
 
 
+class Located(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a ref points (see `RegistryService.locate`)."""
+
+    ref: str
+    version: str
+    digest: str | None  # a pushed version's bundle; None for the catalog (packed on use)
+    source: str
+    publicly_runnable: bool
+    catalog_task: Task | None = None
+
+
 class TaskEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One task version as the JSON routes show it, pushed or from the catalog."""
 
@@ -221,7 +232,9 @@ class RegistryService:
         except IllegalTransition as exc:
             raise VersionConflict(str(exc)) from exc
         await self.blobs.put(org.id, manifest_digest, body)
-        await self.log.append(family, org.id, name, new_events, _metadata(principal, request_id))
+        await self.log.append_task(
+            family, org.id, name, new_events, event_metadata(principal, request_id)
+        )
         return manifest_digest
 
     async def manifest(
@@ -254,12 +267,12 @@ class RegistryService:
         pushed_by = family.versions[version].pushed_by
         if principal.role_in(org.id) not in MANAGER_ROLES and pushed_by != principal.user.email:
             raise RegistryDenied("your role lets you delete only task versions you pushed")
-        await self.log.append(
+        await self.log.append_task(
             family,
             org.id,
             name,
             reg.decide_delete(family, version),
-            _metadata(principal, request_id),
+            event_metadata(principal, request_id),
         )
 
     async def set_visibility(
@@ -276,12 +289,12 @@ class RegistryService:
         family = await self.log.family(org.id, name)
         if family is None or not family.versions:
             raise RegistryNotFound(f"task {org_key}/{name} not found")
-        await self.log.append(
+        await self.log.append_task(
             family,
             org.id,
             name,
             reg.decide_visibility(family, is_public),
-            _metadata(principal, request_id),
+            event_metadata(principal, request_id),
         )
         changed = await self.log.family(org.id, name)
         assert changed is not None
@@ -364,10 +377,10 @@ class RegistryService:
 
     # ---- create: refs to runnable tasks ----
 
-    async def resolve(self, org_id: str, ref: str) -> ResolvedTask:
-        """`[org/]name[@version]` for a create in `org_id`: the org's pushed versions first (or
-        another org's public ones, when named), then the catalog. UnknownTask when nothing
-        matches."""
+    async def locate(self, org_id: str, ref: str) -> Located:
+        """Where `[org/]name[@version]` points for a caller in `org_id`, without loading or
+        storing anything: the org's pushed versions first (or another org's public ones, when
+        named), then the catalog. UnknownTask when nothing the caller may run matches."""
         match = _REF.match(ref.strip())
         if not match:
             raise UnknownTask(ref)
@@ -375,8 +388,8 @@ class RegistryService:
         owner_id = org_id
         if owner_key is not None:
             found = await self.identity.get_org_by_key(owner_key)
-            # An org that does not exist may still be the client's habit of prefixing refs
-            # with its own org: only a real other org's name is looked up there.
+            # A prefix that names no org (the client's habit, or `assay/` of the built-in
+            # entries) is the caller's own namespace: the catalog is everybody's.
             if found is not None:
                 owner_id = found.id
         family = await self.log.family(owner_id, name)
@@ -384,21 +397,39 @@ class RegistryService:
             state = _version_by_reference(family, version or "latest")
             if state is not None:
                 pushed = state.pushed
-                task = await self.bundles.task(pushed.bundle_digest)
-                return ResolvedTask(
-                    task=task,
+                return Located(
                     ref=f"{family.org_key}/{name}@{pushed.version}",
+                    version=pushed.version,
                     digest=pushed.bundle_digest,
                     source="registry",
+                    publicly_runnable=family.is_public,
                 )
         if owner_id != org_id:
             raise UnknownTask(ref)
         task = self.catalog.resolve(f"{name}@{version}" if version else name)
-        digest = await self.bundles.store_catalog_bundle(org_id, task.bundle_dir)
-        return ResolvedTask(task=task, ref=task.ref, digest=digest, source="catalog")
+        return Located(
+            ref=task.ref,
+            version=task.version,
+            digest=None,
+            source="catalog",
+            publicly_runnable=True,
+            catalog_task=task,
+        )
+
+    async def resolve(self, org_id: str, ref: str) -> ResolvedTask:
+        """What create records for a ref: the task and its bundle's digest (a catalog
+        bundle's layer is stored in the blob store here, so any worker can fetch it)."""
+        located = await self.locate(org_id, ref)
+        if located.catalog_task is not None:
+            task = located.catalog_task
+            digest = await self.bundles.store_catalog_bundle(org_id, task.bundle_dir)
+            return ResolvedTask(task=task, ref=located.ref, digest=digest, source="catalog")
+        assert located.digest is not None
+        task = await self.bundles.task(located.digest)
+        return ResolvedTask(task=task, ref=located.ref, digest=located.digest, source="registry")
 
 
-def _metadata(principal: Principal, request_id: str | None) -> codec.EventMetadata:
+def event_metadata(principal: Principal, request_id: str | None) -> codec.EventMetadata:
     return codec.EventMetadata(
         actor=actor_of(principal), request_id=request_id, correlation_id=request_id
     )

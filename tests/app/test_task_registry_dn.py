@@ -228,3 +228,58 @@ def test_a_pushed_task_runs_in_an_evaluation_from_its_recorded_digest(
     (item,) = items["items"]
     assert item["metadata_json"]["bundle_digest"] == digest
     assert item["status"] == "passed", item
+
+
+def test_a_task_set_is_pushed_extended_listed_shown_and_run_with_its_skipped_members_printed(
+    dn: Dn, server: LiveServer
+) -> None:
+    ok(dn("task", "push", str(init_task(dn, "member-one"))))
+    ok(dn("task", "push", str(init_task(dn, "member-two"))))
+    ok(dn("task-set", "init", "suite"))
+    manifest = dn.cwd / "task-set.yaml"
+    body = yaml.safe_load(manifest.read_text())
+    body["members"] = ["demo/member-one", "demo/ghost"]
+    body["description"] = "registry suite"
+    manifest.write_text(yaml.safe_dump(body))
+    pushed = ok(dn("task-set", "push", str(manifest)))
+    assert "Created demo/suite (2 members)" in pushed.output, pushed.describe()
+
+    added = ok(dn("task-set", "add", "demo/suite", "demo/member-two@0.1.0"))
+    assert "Added 1 member(s)" in added.output and "3 total" in added.output
+
+    listed = ok(dn("task-set", "list", "--json")).json()
+    assert [(s["name"], s["member_count"]) for s in listed] == [("suite", 3)]
+    info = ok(dn("task-set", "info", "demo/suite"))
+    assert "1 of 3 members unresolvable" in info.output, info.describe()
+    assert "not_found" in info.output
+
+    run = ok(
+        dn(
+            "evaluation",
+            "create",
+            "run-suite",
+            "--task-set",
+            "demo/suite",
+            "--capability",
+            "oracle",
+            "--wait",
+            timeout=300,
+        )
+    )
+    assert "Skipped 1 unresolvable member(s)" in run.output, run.describe()
+    assert "demo/ghost (not_found)" in run.output
+    status, evaluations = server.api("GET", "/evaluations")
+    assert status == 200
+    evaluation = next(e for e in evaluations["items"] if e["name"] == "run-suite")
+    assert evaluation["status"] == "completed"
+    _, items = server.api("GET", f"/evaluation/{evaluation['id']}/items")
+    assert sorted(i["task_ref"] for i in items["items"]) == [
+        "demo/member-one@0.1.0",
+        "demo/member-two@0.1.0",
+    ]
+    assert all(i["status"] == "passed" for i in items["items"])
+
+    removed = ok(dn("task-set", "remove", "demo/suite", "demo/ghost"))
+    assert "2 remaining" in removed.output
+    ok(dn("task-set", "delete", "demo/suite", "--yes"))
+    assert ok(dn("task-set", "list", "--json")).json() == []

@@ -124,6 +124,17 @@ async def _caller(request: Request[Any, Any, Any], org: str) -> tuple[Principal,
     return principal, await container.authenticator.org(principal, org)
 
 
+async def _reader(request: Request[Any, Any, Any], org: str) -> tuple[Principal, Org]:
+    """For reads of one task: another org's public tasks are readable by anyone (the
+    service then shows only what is public); an org that does not exist is a 404."""
+    container = container_of(request)
+    principal = await container.authenticator.principal(request)
+    target = await container.identity.get_org_by_key(org)
+    if target is None:
+        raise not_found(f"organization {org!r}")  # the words a non-member gets, too
+    return principal, target
+
+
 def _registry(request: Request[Any, Any, Any]) -> RegistryService:
     return container_of(request).registry
 
@@ -208,20 +219,20 @@ class TaskController(Controller):
 
     @get("/{name:str}", responses=errors_for(401, 404, 426, 429))
     async def latest(self, request: Request[Any, Any, Any], org: str, name: str) -> TaskResponse:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await _reader(request, org)
         versions = await _registry(request).versions(principal, tenant, name)
         return response_of(versions[0], [v.version for v in versions])
 
     @get("/{name:str}/versions", responses=errors_for(401, 404, 426, 429))
     async def versions(self, request: Request[Any, Any, Any], org: str, name: str) -> VersionList:
         """Versions, newest first (the client takes the first as the latest)."""
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await _reader(request, org)
         found = await _registry(request).versions(principal, tenant, name)
         return VersionList(name=name, org_key=tenant.key, versions=[v.version for v in found])
 
     @get("/{name:str}/readme", responses=errors_for(401, 404, 426, 429))
     async def readme(self, request: Request[Any, Any, Any], org: str, name: str) -> Readme:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await _reader(request, org)
         registry = _registry(request)
         entry = await registry.entry(principal, tenant, name, None)
         content = await registry.readme(entry)
@@ -233,7 +244,7 @@ class TaskController(Controller):
     async def instruction(
         self, request: Request[Any, Any, Any], org: str, name: str
     ) -> Instruction:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await _reader(request, org)
         entry = await _registry(request).entry(principal, tenant, name, None)
         return Instruction(name=name, version=entry.version, instruction=entry.instruction or "")
 
@@ -258,7 +269,7 @@ class TaskController(Controller):
     async def version(
         self, request: Request[Any, Any, Any], org: str, name: str, version: str
     ) -> TaskResponse:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await _reader(request, org)
         return response_of(await _registry(request).entry(principal, tenant, name, version))
 
     @delete("/{name:str}/{version:str}", responses=errors_for(401, 403, 404, 426, 429))

@@ -323,10 +323,15 @@ class RegistryService:
         return sorted(found, key=lambda e: (e.name, e.org_key))
 
     async def versions(self, principal: Principal, org: Org, name: str) -> list[TaskEntry]:
-        """Every version of `name` the caller sees in `org`, newest first."""
+        """Every version of `name` the caller sees in `org`, newest first: a member sees the
+        org's versions (or the built-in task of that name), anyone else only a public family."""
+        member = principal.can_read_org(org.id)
         family = await self.log.family(org.id, name)
-        if family is not None and family.versions:
+        if family is not None and family.versions and (member or family.is_public):
             entries = [_entry(family, state) for state in family.versions.values()]
+        elif not member:
+            # Worded as for an org that does not exist: nothing about it is disclosed.
+            raise RegistryNotFound(f"organization {org.key!r} not found")
         else:
             entries = [self._catalog_entry(t) for t in self.catalog.tasks() if t.name == name]
         if not entries:

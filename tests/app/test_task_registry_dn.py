@@ -185,8 +185,13 @@ def test_publish_and_unpublish_decide_what_another_org_sees(
     assert not rival_sees()
     assert other_dn("task", "pull", ref, "--output", str(tmp_path / "a")).returncode != 0
 
+    hidden = other_dn("task", "info", ref)
+    assert hidden.returncode != 0 and "not found" in hidden.output
+
     ok(dn("task", "publish", "shared"))
     assert rival_sees()
+    shown = ok(other_dn("task", "info", ref))
+    assert "shared" in shown.output and "public" in shown.output
     ok(other_dn("task", "pull", ref, "--output", str(tmp_path / "b")))
     assert (tmp_path / "b" / "task.yaml").is_file()
 
@@ -283,3 +288,18 @@ def test_a_task_set_is_pushed_extended_listed_shown_and_run_with_its_skipped_mem
     assert "2 remaining" in removed.output
     ok(dn("task-set", "delete", "demo/suite", "--yes"))
     assert ok(dn("task-set", "list", "--json")).json() == []
+
+
+def test_dn_task_sync_pushes_every_task_of_a_folder_and_skips_unchanged_ones(
+    dn: Dn, server: LiveServer
+) -> None:
+    folder = dn.cwd / "synced"
+    folder.mkdir()
+    for name in ("sync-a", "sync-b"):
+        shutil.move(str(init_task(dn, name)), str(folder / name))
+    first = ok(dn("task", "sync", str(folder)))
+    assert "2 uploaded" in first.output, first.describe()
+    second = ok(dn("task", "sync", str(folder)))
+    assert "0 uploaded" in second.output and "2 skipped" in second.output, second.describe()
+    for name in ("sync-a", "sync-b"):
+        assert registry_get(server, f"/tasks/{name}/versions")[1]["versions"] == ["0.1.0"]

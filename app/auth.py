@@ -7,6 +7,8 @@ database round trip; a revoked key therefore stops working within that bound.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from typing import Any, Generic, TypeVar
 
@@ -42,7 +44,21 @@ def raw_key_of(request: Request[Any, Any, Any]) -> str | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
+    if scheme.lower() == "basic" and token.strip():
+        return _basic_password(token.strip())
     return None
+
+
+# OCI registry clients (`dn task push`) send the API key as the password of basic auth.
+REGISTRY_USER = "__token__"
+
+
+def _basic_password(token: str) -> str | None:
+    try:
+        user, _, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password if user == REGISTRY_USER and password else None
 
 
 class _Expiring(Generic[K, V]):
@@ -76,7 +92,11 @@ class Authenticator:
     async def principal(self, request: Request[Any, Any, Any]) -> Principal:
         raw = raw_key_of(request)
         if raw is None:
-            raise ApiError(401, "missing API key: send X-API-Key or Authorization: Bearer")
+            raise ApiError(
+                401,
+                "missing API key: send X-API-Key, Authorization: Bearer, or basic auth as "
+                f"{REGISTRY_USER} with the key as password",
+            )
         digest = hash_api_key(raw)
         principal = self._principals.get(digest)
         if principal is not None:

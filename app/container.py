@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator
 from app.services.evaluations import EvaluationService
+from app.services.registry import RegistryService
+from app.services.task_sets import TaskSetService
 from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
@@ -18,6 +21,9 @@ from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import Projector
+from infrastructure.registry.blobs import BlobStore
+from infrastructure.registry.bundles import BundleCache, BundleSource
+from infrastructure.registry.log import RegistryLog
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, load_catalog
 from infrastructure.view_cache import LogTail, ViewCache
@@ -40,6 +46,9 @@ class Container:
     catalog: TaskCatalog
     evaluations: EvaluationService
     queue: WorkQueue
+    registry: RegistryService
+    bundles: BundleSource
+    task_sets: TaskSetService
     _capacity: tuple[float, int] = (0.0, 0)
 
     @classmethod
@@ -51,6 +60,16 @@ class Container:
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
         queue = WorkQueue(engine)
+        blobs = BlobStore(engine)
+        bundles = BundleSource(blobs, BundleCache(Path(settings.bundle_cache)))
+        registry = RegistryService(
+            log=RegistryLog(engine, store),
+            blobs=blobs,
+            bundles=bundles,
+            identity=identity,
+            catalog=catalog,
+        )
+        task_sets = TaskSetService(registry)
         return cls(
             settings=settings,
             engine=engine,
@@ -65,8 +84,13 @@ class Container:
                 identity=identity,
                 catalog=catalog,
                 settings=settings,
+                tasks=registry,
+                task_sets=task_sets,
             ),
             queue=queue,
+            registry=registry,
+            bundles=bundles,
+            task_sets=task_sets,
         )
 
     async def capacity(self) -> int:
@@ -87,6 +111,7 @@ class Container:
             identity=self.identity,
             catalog=self.catalog,
             slots=slots,
+            bundles=self.bundles,
         )
 
     async def follow_log(self) -> None:

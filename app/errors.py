@@ -18,6 +18,15 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from app.api.registry_paths import is_registry_path
+from app.services.registry_errors import (
+    BadDigest,
+    ManifestInvalid,
+    RegistryDenied,
+    RegistryError,
+    RegistryNotFound,
+    VersionConflict,
+)
 from domain.errors import IllegalTransition, InvalidCommand
 from infrastructure.eventstore import ConcurrencyConflict, IdempotencyConflict
 from infrastructure.identity.records import AlreadyExists, InvalidValue, NotFound
@@ -58,6 +67,22 @@ class ErrorEnvelope(msgspec.Struct, frozen=True, omit_defaults=True):
     request_id: str | None = None
 
 
+class OciError(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    detail: dict[str, str] = {}
+
+
+class OciErrorEnvelope(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The envelope on registry paths: OCI's `errors: [{code, message}]`, plus `detail` (what
+    the dn client prints when a push is refused), `type` and the request id."""
+
+    errors: list[OciError]
+    detail: str
+    type: str
+    request_id: str | None = None
+
+
 class ApiError(Exception):
     """An error the API answers on purpose, with its status and stable type."""
 
@@ -69,8 +94,10 @@ class ApiError(Exception):
         type: str | None = None,
         errors: list[FieldError] | None = None,
         headers: dict[str, str] | None = None,
+        oci_code: str | None = None,
     ) -> None:
         super().__init__(detail)
+        self.oci_code = oci_code
         self.status = status
         self.detail = detail
         self.type = type or TYPES_BY_STATUS.get(status, "error")
@@ -82,10 +109,38 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, f"{what} not found")
 
 
-def _respond(request: Request[Any, Any, Any], error: ApiError) -> Response[ErrorEnvelope]:
+_OCI_CODES_BY_STATUS = {
+    400: "UNSUPPORTED",
+    401: "UNAUTHORIZED",
+    403: "DENIED",
+    404: "NAME_UNKNOWN",
+    405: "UNSUPPORTED",
+    409: "DENIED",
+    413: "SIZE_INVALID",
+    429: "TOOMANYREQUESTS",
+}
+
+
+def _respond(
+    request: Request[Any, Any, Any], error: ApiError
+) -> Response[ErrorEnvelope] | Response[OciErrorEnvelope]:
     # Router-level failures (unknown route, wrong method) arrive before the request-id
     # middleware runs; they still get an id to quote.
     request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+    if is_registry_path(request.url.path):
+        headers = {**error.headers, "x-request-id": request_id}
+        if error.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="assay"'
+        oci_code = error.oci_code or _OCI_CODES_BY_STATUS.get(error.status, "UNKNOWN")
+        oci = OciErrorEnvelope(
+            errors=[OciError(code=oci_code, message=error.detail)],
+            detail=error.detail,
+            type=error.type,
+            request_id=request_id,
+        )
+        if request.method == "HEAD":
+            return Response(None, status_code=error.status, headers=headers)  # type: ignore[return-value]
+        return Response(oci, status_code=error.status, headers=headers)
     body = ErrorEnvelope(
         code=error.status,
         detail=error.detail,
@@ -126,9 +181,26 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
     return found
 
 
-def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
+def handle_exception(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[ErrorEnvelope] | Response[OciErrorEnvelope]:
     """The single exception handler registered on the app."""
     return _respond(request, to_api_error(request, exc))
+
+
+def _registry_error(exc: RegistryError) -> ApiError:
+    match exc:
+        case RegistryNotFound():
+            status = 404
+        case RegistryDenied():
+            status = 403
+        case VersionConflict():
+            status = 409
+        case BadDigest() | ManifestInvalid():
+            status = 400
+        case _:
+            status = 400
+    return ApiError(status, str(exc), oci_code=exc.oci_code)
 
 
 def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
@@ -143,6 +215,8 @@ def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
             return ApiError(409, str(exc))
         case ConcurrencyConflict():
             return ApiError(409, str(exc), type="concurrency_conflict")
+        case RegistryError():
+            return _registry_error(exc)
         case AmbiguousId():
             return ApiError(409, str(exc), type="ambiguous_id")
         case InvalidCommand() | InvalidValue():

@@ -17,7 +17,10 @@ from litestar.types import ControllerRouterHandler
 
 from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
+from app.api.oci import ClientRegistryController, RegistryController
 from app.api.scope import ScopeController
+from app.api.task_sets import TaskSetController
+from app.api.tasks import TaskController
 from app.auth import raw_key_of
 from app.container import Container
 from app.errors import handle_exception
@@ -26,7 +29,16 @@ from app.middleware import request_middleware
 from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
 
-ROUTES: list[ControllerRouterHandler] = [EvaluationController, ScopeController, health, ready]
+ROUTES: list[ControllerRouterHandler] = [
+    EvaluationController,
+    ScopeController,
+    TaskController,
+    TaskSetController,
+    RegistryController,
+    ClientRegistryController,
+    health,
+    ready,
+]
 
 
 def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:

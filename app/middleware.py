@@ -12,6 +12,7 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.registry_paths import is_registry_path
 from app.errors import ApiError
 
 _SDK_AGENT = re.compile(r"dreadnode-sdk/(\d+(?:\.\d+)*)")
@@ -78,7 +79,8 @@ def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
 
             try:
                 check_client_version(headers.get(b"user-agent", ""), min_client_version)
-                check_json_body(scope["method"], headers)
+                if not is_registry_path(scope["path"]):  # registry bodies are bytes
+                    check_json_body(scope["method"], headers)
                 await app(scope, receive, send_with_id)
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")

@@ -63,6 +63,8 @@ class ItemSpec(msgspec.Struct, frozen=True, kw_only=True):
     task_name: str
     task_ref: str
     variables: items.Variables = {}
+    # sha256 of the task bundle's layer: the exact bytes every attempt of the item runs.
+    bundle_digest: str | None = None
 
 
 # ---- commands ----
@@ -278,6 +280,7 @@ def _create(state: EvaluationState | None, command: CreateEvaluation) -> list[An
             model=config.model,
             variables=spec.variables,
             max_retries=config.max_retries,
+            bundle_digest=spec.bundle_digest,
         )
         for position, spec in enumerate(command.items, start=1)
     ]

@@ -66,6 +66,8 @@ class ItemQueued(ItemEvent, frozen=True, tag="item.queued"):
     model: str | None
     variables: Variables = {}
     max_retries: int = 0
+    # sha256 of the task bundle's layer, fixed at create: every attempt runs these bytes.
+    bundle_digest: str | None = None
 
 
 class ItemClaimed(ItemEvent, frozen=True, tag="item.claimed"):

@@ -44,6 +44,7 @@ class ItemView(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     result_json: dict[str, Any] | None = None
     metadata_json: dict[str, Any] = {}
+    bundle_digest: str | None = None
     retry_count: int = 0
     max_retries: int = 0
     worker_id: str | None = None
@@ -167,6 +168,8 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
             model=event.model,
             variables=event.variables,
             max_retries=event.max_retries,
+            bundle_digest=event.bundle_digest,
+            metadata_json={"bundle_digest": event.bundle_digest} if event.bundle_digest else {},
             queued_at=now,
             created_at=now,
             updated_at=now,

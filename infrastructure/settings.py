@@ -58,6 +58,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # view_tail_seconds) every other process's appends evict it sooner; 0 turns caching off.
     view_cache_seconds: float = 5.0
     view_tail_seconds: float = 0.2
+    # Largest blob the task registry accepts in one upload request (a task bundle layer).
+    max_blob_bytes: int = 64 * 1024 * 1024
+    # Where bundles are unpacked by digest (what create validates and the worker runs).
+    bundle_cache: str = ".assay/bundles"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -92,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("default_max_steps", int),
             ("view_cache_seconds", float),
             ("view_tail_seconds", float),
+            ("max_blob_bytes", int),
+            ("bundle_cache", str),
         ):
             raw = get(field.upper())
             if raw is not None:

@@ -10,6 +10,7 @@ from litestar.params import Parameter
 
 from app.api.openapi import errors_for
 from app.api.schemas import (
+    CreatedEvaluationResponse,
     CreateEvaluationRequest,
     EvaluationHistory,
     EvaluationList,
@@ -92,11 +93,17 @@ class EvaluationController(Controller):
     async def create_evaluation(
         self, request: Request[Any, Any, Any], org: str, ws: str, data: CreateEvaluationRequest
     ) -> EvaluationResponse:
-        """Create an evaluation: one queued item per task name or dataset row."""
+        """Create an evaluation: one queued item per task name, dataset row, or runnable
+        member of a task set (then the members it skipped are listed in `skipped_members`)."""
         tenant = await resolve_scope(request, org, ws)
         container = container_of(request)
-        view = await container.evaluations.create(_context(request, tenant), data)
-        return evaluation_response(view, await container.capacity())
+        view, report = await container.evaluations.create_reporting(_context(request, tenant), data)
+        created = evaluation_response(view, await container.capacity())
+        if report.skipped_members is None:
+            return created
+        return CreatedEvaluationResponse(
+            **msgspec.structs.asdict(created), skipped_members=report.skipped_members
+        )
 
     @get("/evaluations", responses=errors_for(400, 401, 404, 426, 429))
     async def list_evaluations(

@@ -13,6 +13,7 @@ import msgspec
 from domain.evaluation import TERMINAL_STATUSES, CleanupPolicy, EvaluationStatus
 from domain.item import ItemStatus
 from domain.projections import EvaluationView, ItemView
+from domain.task_sets import SkippedMember
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
@@ -92,6 +93,13 @@ class EvaluationList(msgspec.Struct, frozen=True):
     total: int
     page: int
     page_size: int
+
+
+class CreatedEvaluationResponse(EvaluationResponse, frozen=True, kw_only=True):
+    """Create's answer: the evaluation, and for a task set the members it left out
+    (`[{task_name, task_version, reason}]`, which the dn client prints)."""
+
+    skipped_members: list[SkippedMember] | None = None
 
 
 class ItemResponse(msgspec.Struct, frozen=True, kw_only=True):

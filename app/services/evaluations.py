@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -17,6 +17,7 @@ from app.api.schemas import CreateEvaluationRequest
 from app.errors import ApiError, FieldError, not_found
 from domain import evaluation as ev
 from domain import item as it
+from domain import task_sets as ts
 from domain.projections import Actor, EvaluationView
 from infrastructure import codec
 from infrastructure.agents.registry import agent_names, resolve_agent
@@ -26,6 +27,7 @@ from infrastructure.identity.records import Principal, Runtime
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
+from infrastructure.registry.bundles import ResolvedTask
 from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, UnknownTask
@@ -39,6 +41,24 @@ def actor_of(principal: Principal) -> Actor:
     return Actor(
         user_id=user.id, email=user.email, username=user.username, full_name=user.full_name
     )
+
+
+class TaskResolver(Protocol):
+    """Finds what a task ref names for an org, with its bundle's digest (the registry)."""
+
+    async def resolve(self, org_id: str, ref: str) -> ResolvedTask: ...
+
+
+class TaskSetExpander(Protocol):
+    """Turns `<org>/<name>` of a task set into the refs to run and the members it skips."""
+
+    async def expand(self, org_id: str, ref: str) -> tuple[list[str], list[ts.SkippedMember]]: ...
+
+
+class CreateReport(msgspec.Struct, kw_only=True):
+    """What create tells besides the evaluation: task-set members it left out."""
+
+    skipped_members: list[ts.SkippedMember] | None = None
 
 
 class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +79,8 @@ class EvaluationService:
         settings: Settings,
         clock: Callable[[], str] = utc_now,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        tasks: TaskResolver | None = None,
+        task_sets: TaskSetExpander | None = None,
     ) -> None:
         self.store = store
         self.queries = queries
@@ -67,16 +89,27 @@ class EvaluationService:
         self.settings = settings
         self.clock = clock
         self.new_id = new_id
+        # Without one (tests of create alone), refs resolve in the catalog and carry no digest.
+        self.tasks = tasks
+        self.task_sets = task_sets
         # Called after a command made items claimable, so an in-process worker starts at once.
         self.notify_work: Callable[[], None] = lambda: None
 
     # ---- create ----
 
     async def create(self, ctx: CommandContext, request: CreateEvaluationRequest) -> EvaluationView:
+        view, _report = await self.create_reporting(ctx, request)
+        return view
+
+    async def create_reporting(
+        self, ctx: CommandContext, request: CreateEvaluationRequest
+    ) -> tuple[EvaluationView, CreateReport]:
+        """Create, and say which members of a task set were skipped (unresolvable)."""
         if not ctx.principal.can_create(ctx.org_id, ctx.workspace_id):
             raise ApiError(403, "your role in this organization cannot create evaluations")
         errors: list[FieldError] = []
-        specs = self._item_specs(request, errors)
+        report = CreateReport()
+        specs = await self._item_specs(ctx, request, errors, report)
         self._check_agent(request, errors)
         if request.kind not in SUPPORTED_KINDS:
             errors.append(_field_error(["body", "kind"], f"kind must be one of {SUPPORTED_KINDS}"))
@@ -130,10 +163,14 @@ class EvaluationService:
         )
         self.notify_work()
         # A new evaluation's row is exactly the fold of its own events: no read needed.
-        return fold(recorded).evaluations[evaluation_id]
+        return fold(recorded).evaluations[evaluation_id], report
 
-    def _item_specs(
-        self, request: CreateEvaluationRequest, errors: list[FieldError]
+    async def _item_specs(
+        self,
+        ctx: CommandContext,
+        request: CreateEvaluationRequest,
+        errors: list[FieldError],
+        report: CreateReport,
     ) -> list[ev.ItemSpec]:
         rows: list[tuple[list[str | int], str, dict[str, Any]]] = []
         if request.task_names:  # task_names wins over dataset
@@ -143,13 +180,7 @@ class EvaluationService:
         elif request.dataset is not None:
             rows = _dataset_rows(request.dataset, errors)
         elif request.task_set:
-            errors.append(
-                _field_error(
-                    ["body", "task_set"],
-                    "task sets are not available on this service; list tasks in task_names",
-                )
-            )
-            return []
+            rows = await self._task_set_rows(ctx, request.task_set, errors, report)
         if not rows and not errors:
             errors.append(
                 _field_error(
@@ -160,10 +191,11 @@ class EvaluationService:
         specs: list[ev.ItemSpec] = []
         for loc, ref, variables in rows:
             try:
-                task = self.catalog.resolve(ref)
+                resolved = await self._resolve(ctx.org_id, ref)
             except UnknownTask:
                 errors.append(_field_error(loc, f"unknown task {ref!r}", "unknown_task"))
                 continue
+            task = resolved.task
             if not task.has_verification:
                 errors.append(
                     _field_error(
@@ -175,11 +207,41 @@ class EvaluationService:
                 ev.ItemSpec(
                     item_id=self.new_id(),
                     task_name=task.name,
-                    task_ref=task.ref,
+                    task_ref=resolved.ref,
                     variables=variables,
+                    bundle_digest=resolved.digest,
                 )
             )
         return specs
+
+    async def _task_set_rows(
+        self, ctx: CommandContext, ref: str, errors: list[FieldError], report: CreateReport
+    ) -> list[tuple[list[str | int], str, dict[str, Any]]]:
+        loc: list[str | int] = ["body", "task_set"]
+        if self.task_sets is None:
+            errors.append(_field_error(loc, "task sets are not available on this service"))
+            return []
+        try:
+            refs, skipped = await self.task_sets.expand(ctx.org_id, ref)
+        except UnknownTask:
+            errors.append(_field_error(loc, f"unknown task set {ref!r}", "unknown_task_set"))
+            return []
+        report.skipped_members = skipped
+        if not refs:
+            errors.append(
+                _field_error(
+                    loc,
+                    f"no member of task set {ref!r} can be run by your organization",
+                    "empty_task_set",
+                )
+            )
+        return [([*loc, index], member, {}) for index, member in enumerate(refs)]
+
+    async def _resolve(self, org_id: str, ref: str) -> ResolvedTask:
+        if self.tasks is not None:
+            return await self.tasks.resolve(org_id, ref)
+        task = self.catalog.resolve(ref)
+        return ResolvedTask(task=task, ref=task.ref, digest=None, source="catalog")
 
     def _check_openai_endpoint(
         self, request: CreateEvaluationRequest, runtime: Runtime | None

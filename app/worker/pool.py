@@ -32,6 +32,7 @@ from infrastructure.agents.registry import create_agent
 from infrastructure.clock import iso, utc_now
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.store import IdentityStore
+from infrastructure.registry.bundles import BundleSource
 from infrastructure.sandbox.local.principals import parse_uid_range
 from infrastructure.sandbox.protocol import SandboxProvider
 from infrastructure.sandbox.registry import default_registry
@@ -69,6 +70,7 @@ class WorkerPool:
         identity: IdentityStore,
         catalog: TaskCatalog,
         slots: int,
+        bundles: BundleSource | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -80,6 +82,7 @@ class WorkerPool:
         self.worker_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.runner = ItemRunner(
             catalog=catalog,
+            bundles=bundles,
             queue=queue,
             clock=utc_now,
             retry_backoff_seconds=settings.retry_backoff_seconds,

@@ -39,6 +39,7 @@ from infrastructure.agents.protocol import (
 )
 from infrastructure.clock import iso
 from infrastructure.eventstore import SideWrite
+from infrastructure.registry.bundles import BundleSource
 from infrastructure.sandbox.protocol import (
     EgressPolicy,
     Sandbox,
@@ -117,8 +118,11 @@ class ItemRunner:
         clock: Callable[[], str],
         retry_backoff_seconds: float,
         default_max_steps: int,
+        bundles: BundleSource | None = None,
     ) -> None:
         self.catalog = catalog
+        # Where an item's recorded bundle digest is fetched from (the registry's blobs).
+        self.bundles = bundles
         self.queue = queue
         self.clock = clock
         self.retry_backoff_seconds = retry_backoff_seconds
@@ -164,7 +168,7 @@ class ItemRunner:
         prelude: list[it.AnyItemEvent] = []
         ending: it.AnyItemEvent | None = None
         try:
-            task = self.catalog.resolve(job.item.task_ref)
+            task = await self._task(job.item)
             sandbox = await self._provision(job, task)
             await self._setup(sandbox, task, deadline)
             scripts_env = {**job.secrets_env, **task.service_environment(sandbox.endpoints())}
@@ -232,6 +236,13 @@ class ItemRunner:
             # cancelled while the runner was already ending it) does not cut it short.
             kept = await run_to_completion(self._clean_up(job, prelude, ending))
         await self._end(job, [*prelude, ending, *([kept] if kept else [])])
+
+    async def _task(self, item: ItemView) -> Task:
+        """The bundle the item recorded at create, by digest (a retry, or a worker with other
+        local folders, runs the same bytes); items from before digests by their ref."""
+        if item.bundle_digest is not None and self.bundles is not None:
+            return await self.bundles.task(item.bundle_digest)
+        return self.catalog.resolve(item.task_ref)
 
     async def _record(self, job: ItemJob, *events: it.AnyItemEvent) -> None:
         """Append the item's next events; the agent's transcript, once there is one, goes into

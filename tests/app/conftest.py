@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "workers": 0,
         # Never contacted (no worker runs); lets a bare `model` choose the openai agent.
         "openai_base_url": "http://127.0.0.1:9/v1",
+        # Unpacked task bundles: never in the working directory.
+        "bundle_cache": tempfile.mkdtemp(prefix="assay-bundles-"),
     }
     values.update(overrides)
     return Settings(**values)

@@ -207,8 +207,17 @@ class Tenant:
 class LiveServer:
     """`assay serve` on a free loopback port over a migrated, bootstrapped SQLite file."""
 
-    def __init__(self, workdir: Path, *, org: str = "demo", workspace: str = "main") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        org: str = "demo",
+        workspace: str = "main",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        # Extra ASSAY_* settings of the served process (e.g. ASSAY_WORKERS for a worker).
+        self.extra_env = env or {}
         self.database_url = f"sqlite+aiosqlite:///{workdir / 'assay.db'}"
         self.log_path = workdir / "server.log"
         self.org = org
@@ -274,7 +283,10 @@ class LiveServer:
                 # `--model` alone picks the openai agent, which create refuses without an
                 # endpoint; nothing ever calls this one (no worker runs).
                 ASSAY_OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+                ASSAY_BUNDLE_CACHE=str(self.workdir / "bundles"),
+                ASSAY_SANDBOX_ROOT=str(self.workdir / "sandboxes"),
             )
+            env.update(self.extra_env)
             with self.log_path.open("ab") as log:
                 self._process = subprocess.Popen(
                     [*assay_command(), "serve", "--port", str(self.port)],

@@ -4,8 +4,11 @@
 
 The deadline (`task_timeout_sec` from the claim) bounds every sandbox command and the agent;
 past it the item ends `timed_out` and the sandbox's process tree is killed. Sandbox and model
-endpoint failures end in `infra_error` (retried with backoff while retries are left); a
-checker that breaks ends in `errored`; cancellation kills the sandbox within the poll interval.
+endpoint failures that may pass (429, 5xx, unreachable) end in `infra_error` (retried with backoff
+while retries are left). What no retry can change ends in `errored` at once, never `failed` (no
+answer was judged): a checker that breaks, an endpoint that refuses the request (4xx: bad model,
+bad key), an agent that crashes or has nothing to run (the oracle without a reference solution),
+a task this worker does not have. Cancellation kills the sandbox within the poll interval.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ CANCEL_POLL_SECONDS = 0.5
 
 class DeadlinePassed(Exception):
     pass
+
+
+class AgentErrored(Exception):
+    """The agent could not do its job and a retry would meet the same wall: the model endpoint
+    refused the request (bad model name, bad key), the agent crashed, or the oracle has no
+    reference solution. The item ends `errored`, never `failed`: no answer was judged."""
 
 
 class Deadline:
@@ -164,7 +173,7 @@ class ItemRunner:
         prelude: list[it.AnyItemEvent] = []
         ending: it.AnyItemEvent | None = None
         try:
-            task = self.catalog.resolve(job.item.task_ref)
+            task = self._resolve_task(job)
             sandbox = await self._provision(job, task)
             await self._setup(sandbox, task, deadline)
             scripts_env = {**job.secrets_env, **task.service_environment(sandbox.endpoints())}
@@ -186,6 +195,9 @@ class ItemRunner:
             except DeadlinePassed:
                 prelude = [finished]
                 raise
+            if outcome.stop_reason == "error":
+                prelude = [finished]
+                raise AgentErrored(outcome.error or f"agent {job.agent_name} ended with an error")
             verification = task.verification
             if isinstance(verification, FlagVerification):
                 prelude = [finished, verifying]
@@ -216,11 +228,13 @@ class ItemRunner:
                 evaluation_id=config_id(job),
                 error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
             )
-        except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError) as exc:
+        except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError, AgentErrored) as exc:
             ending = it.ItemErrored(
-                item_id=job.item.id, evaluation_id=config_id(job), error=str(exc)
+                item_id=job.item.id,
+                evaluation_id=config_id(job),
+                error=redact(str(exc), redactions),
             )
-        except (SandboxError, AgentInfraError, UnknownTask) as exc:
+        except (SandboxError, AgentInfraError) as exc:
             ending = self._infra_failure(job, redact(f"{type(exc).__name__}: {exc}", redactions))
         except Exception as exc:  # a bug in the engine must not strand the item in flight
             log.error("runner_failed", item_id=job.item.id, exc_info=exc)
@@ -241,6 +255,19 @@ class ItemRunner:
         job.transcript_write = None
 
     # ---- phases ----
+
+    def _resolve_task(self, job: ItemJob) -> Task:
+        """The item's task in this worker's catalog. The API accepted the ref against its own
+        task folders; a worker that lacks it was started with other ASSAY_TASK_PATHS, which no
+        retry can change, so the item ends errored at once, saying where to look."""
+        try:
+            return self.catalog.resolve(job.item.task_ref)
+        except UnknownTask as exc:
+            raise TaskUnrunnable(
+                f"task {job.item.task_ref!r} is not in the task folders of worker "
+                f"{job.handle.worker_id} (the API accepted it: start this worker with the "
+                "same ASSAY_TASK_PATHS as the API)"
+            ) from exc
 
     async def _provision(self, job: ItemJob, task: Task) -> Sandbox:
         problems = task.service_problems(job.provider.name)
@@ -347,6 +374,14 @@ class ItemRunner:
         except TimeoutError as exc:
             await sandbox.kill_all()
             raise DeadlinePassed() from exc
+        except (AgentInfraError, SandboxError, DeadlinePassed):
+            raise  # the endpoint or the sandbox failed, not the agent: infra_error, retried
+        except Exception as exc:
+            # A bug in the agent: the same agent on the same task crashes the same way again.
+            log.warning("agent_crashed", item_id=job.item.id, agent=job.agent_name, exc_info=exc)
+            raise AgentErrored(
+                f"agent {job.agent_name} crashed: {type(exc).__name__}: {exc}"
+            ) from exc
         job.transcript_write = self.queue.transcript_write(
             session_id, job.item.id, outcome.transcript
         )

@@ -21,7 +21,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from domain.errors import IllegalTransition, InvalidCommand
 from infrastructure.eventstore import ConcurrencyConflict, IdempotencyConflict
 from infrastructure.identity.records import AlreadyExists, InvalidValue, NotFound
-from infrastructure.queries import AmbiguousId
+from infrastructure.queries import AmbiguousId, IdPrefixTooShort
 
 log = structlog.get_logger("assay.errors")
 
@@ -145,6 +145,8 @@ def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
             return ApiError(409, str(exc), type="concurrency_conflict")
         case AmbiguousId():
             return ApiError(409, str(exc), type="ambiguous_id")
+        case IdPrefixTooShort():
+            return ApiError(400, str(exc), type="id_prefix_too_short")
         case InvalidCommand() | InvalidValue():
             return ApiError(422, str(exc))
         case AlreadyExists():

@@ -48,6 +48,14 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SHELL_TIMEOUT_SEC = 120.0
 # Statuses that say "try again later" rather than "this request is wrong".
 RETRYABLE_STATUSES = frozenset({408, 429})
+# The provider prefix of the dn client's model names (`--model openai/gpt-4o-mini`, LiteLLM's
+# convention: provider/model). The agent speaks the OpenAI protocol to whatever endpoint it is
+# given, so this one prefix names the protocol, not part of the model: it is removed before the
+# request. Only this one: other slashes belong to the endpoint's own names (OpenRouter's
+# `anthropic/claude-3.5-sonnet`, a vLLM server's `meta-llama/Llama-3.1-8B-Instruct`), and a
+# name that really starts with `openai/` (OpenRouter's `openai/gpt-4o`) is written
+# `openai/openai/gpt-4o`.
+PROVIDER_PREFIX = "openai/"
 # Upstream error texts can be whole HTML pages; the item only needs the gist.
 ERROR_DETAIL_CHARS = 500
 
@@ -208,7 +216,7 @@ class _Run:
     async def complete(self, client: httpx.AsyncClient) -> dict[str, Any]:
         """One generation, with quick retries of what may pass on a second try."""
         body = {
-            "model": self.context.model,
+            "model": endpoint_model(self.context.model or ""),
             "messages": self.conversation,
             "tools": TOOLS,
             "tool_choice": "auto",
@@ -313,6 +321,11 @@ class _Run:
         self.conversation.append(
             {"role": "tool", "tool_call_id": call_id, "content": message.content}
         )
+
+
+def endpoint_model(model: str) -> str:
+    """The model name as the endpoint knows it: the evaluation's, less PROVIDER_PREFIX."""
+    return model.removeprefix(PROVIDER_PREFIX)
 
 
 class _BadCall:

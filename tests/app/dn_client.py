@@ -207,8 +207,18 @@ class Tenant:
 class LiveServer:
     """`assay serve` on a free loopback port over a migrated, bootstrapped SQLite file."""
 
-    def __init__(self, workdir: Path, *, org: str = "demo", workspace: str = "main") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        org: str = "demo",
+        workspace: str = "main",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        # ASSAY_* settings of the server that override the defaults below (a worker, an
+        # endpoint, log format).
+        self.extra_env = dict(env or {})
         self.database_url = f"sqlite+aiosqlite:///{workdir / 'assay.db'}"
         self.log_path = workdir / "server.log"
         self.org = org
@@ -275,6 +285,7 @@ class LiveServer:
                 # endpoint; nothing ever calls this one (no worker runs).
                 ASSAY_OPENAI_BASE_URL="http://127.0.0.1:9/v1",
             )
+            env.update(self.extra_env)
             with self.log_path.open("ab") as log:
                 self._process = subprocess.Popen(
                     [*assay_command(), "serve", "--port", str(self.port)],

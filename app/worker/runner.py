@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import structlog
 
 from app.services.items import ItemHandle, ItemLost
+from app.worker.live_transcript import LiveTranscript
 from app.worker.verification import (
     CheckerBroke,
     TaskUnrunnable,
@@ -354,6 +355,9 @@ class ItemRunner:
                 isolation=dict(sandbox.isolation),
             ),
         )
+        # The transcript is stored as the agent records it (side data, never events), so it
+        # can be read while the agent runs; see app/worker/live_transcript.py.
+        live = LiveTranscript(self.queue, session_id, job.item.id)
         config = job.evaluation.config
         variables = {**config.task_config, **job.item.variables, **provided}
         context = AgentContext(
@@ -364,26 +368,36 @@ class ItemRunner:
             max_steps=config.max_steps or self.default_max_steps,
             timeout_sec=deadline.remaining(),
             redact=redactions,
+            on_message=live.add,
             **job.context_extras,
         )
+        live.start()
         try:
             # The agent honours its own budget; the extra seconds only catch a hung agent.
             outcome = await asyncio.wait_for(
                 job.agent.run(sandbox, context), deadline.remaining() + 5
             )
         except TimeoutError as exc:
+            await live.stop(flush=True)
             await sandbox.kill_all()
             raise DeadlinePassed() from exc
         except (AgentInfraError, SandboxError, DeadlinePassed):
+            await live.stop(flush=True)
             raise  # the endpoint or the sandbox failed, not the agent: infra_error, retried
+        except asyncio.CancelledError:
+            await run_to_completion(live.stop())
+            raise
         except Exception as exc:
+            await live.stop(flush=True)
             # A bug in the agent: the same agent on the same task crashes the same way again.
             log.warning("agent_crashed", item_id=job.item.id, agent=job.agent_name, exc_info=exc)
             raise AgentErrored(
                 f"agent {job.agent_name} crashed: {type(exc).__name__}: {exc}"
             ) from exc
+        await live.stop()
+        # What the live writer has not stored yet goes with the item's next append.
         job.transcript_write = self.queue.transcript_write(
-            session_id, job.item.id, outcome.transcript
+            session_id, job.item.id, outcome.transcript, after_seq=live.stored_seq
         )
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()

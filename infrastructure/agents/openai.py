@@ -152,7 +152,9 @@ class _Run:
         self.deadline = self.started + context.timeout_sec
         # The key is redacted like any secret: some endpoints echo it back in a 401 message.
         api_key = context.api_key
-        self.recorder = TranscriptRecorder(context.redact + ((api_key,) if api_key else ()))
+        self.recorder = TranscriptRecorder(
+            context.redact + ((api_key,) if api_key else ()), context.on_message
+        )
         self.url = (context.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.conversation: list[dict[str, Any]] = []

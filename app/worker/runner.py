@@ -410,6 +410,9 @@ class ItemRunner:
             await self._record(job, *events)
         except ItemLost as exc:
             log.info("item_lost", item_id=job.item.id, reason=str(exc))
+            return
+        for event in events:
+            log_ending(job, event)
 
     def _infra_failure(self, job: ItemJob, error: str) -> it.ItemInfraFailed:
         backoff = self.retry_backoff_seconds * (2**job.handle.state.retry_count)
@@ -468,6 +471,33 @@ async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError()
     return result
+
+
+def log_ending(job: ItemJob, event: it.AnyItemEvent) -> None:
+    """One line per way an item ends (or goes back to the queue), for the operator."""
+    state = job.handle.state
+    where = {"item_id": job.item.id, "evaluation_id": job.item.evaluation_id}
+    match event:
+        case it.ItemVerdict(passed=passed):
+            log.info("item_verdict", **where, passed=passed, task=job.item.task_ref)
+        case it.ItemInfraFailed(error=error, retry_not_before=not_before):
+            # The domain decided whether a retry is left: the item is queued again, or ended.
+            retrying = state.status == "queued"
+            log.warning("item_infra_error", **where, error=error, will_retry=retrying)
+            if retrying:
+                log.info(
+                    "item_retry_scheduled",
+                    **where,
+                    retry=state.retry_count,
+                    max_retries=state.max_retries,
+                    not_before=not_before,
+                )
+        case it.ItemErrored(error=error):
+            log.warning("item_errored", **where, error=error)
+        case it.ItemTimedOut(error=error):
+            log.warning("item_timed_out", **where, error=error)
+        case _:
+            pass
 
 
 def config_id(job: ItemJob) -> str:

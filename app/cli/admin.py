@@ -18,6 +18,7 @@ import click
 import msgspec
 import sqlalchemy as sa
 
+from app.cli.checks import UPGRADE_HINT, require_migrated
 from infrastructure.db.engine import create_engine
 from infrastructure.db.migrate import upgrade
 from infrastructure.identity.bootstrap import BootstrapResult, bootstrap
@@ -61,6 +62,9 @@ def _run(
     """Run one store action in its own event loop and engine; turn known failures into
     one-line click errors."""
 
+    if not migrate:
+        require_migrated(database_url)
+
     async def go() -> T:
         cipher = None
         if needs_cipher:
@@ -84,8 +88,7 @@ def _run(
         # Only the driver's first line: the full message repeats SQL and bound parameters.
         first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise click.ClickException(
-            f"database error: {first_line} (is the database reachable and migrated? "
-            "run `assay db upgrade`)"
+            f"database error: {first_line} (is the database reachable?); {UPGRADE_HINT}"
         ) from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach the database: {exc.strerror or exc}") from None

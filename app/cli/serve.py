@@ -8,6 +8,7 @@ import click
 import structlog
 import uvicorn
 
+from app.cli.checks import require_ready
 from app.logging import configure_logging
 from infrastructure.settings import Settings
 
@@ -32,6 +33,7 @@ class _Server(uvicorn.Server):
 def group(host: str | None, port: int | None) -> None:
     """Serve the API. The database must be migrated first (`assay db upgrade`)."""
     settings = Settings.from_env()
+    require_ready(settings)
     configure_logging(settings.log_level, settings.log_json)
     config = uvicorn.Config(
         "app.main:create_app",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -176,11 +177,14 @@ def bootstrap_command(
     click.echo(f"role       {result.membership.role} ({state('membership')})")
     click.echo(f"api key    id={result.api_key.id} (new; shown once, store it now)")
     click.echo(result.raw_key)
-    click.echo("\nPoint the dn client at this service:")
-    click.echo(
-        f"DREADNODE_SERVER={_server_url()} DREADNODE_API_KEY={result.raw_key} "
-        f"DREADNODE_ORGANIZATION={result.org.key} DREADNODE_WORKSPACE={result.workspace.key}"
-    )
+    click.echo("\nPoint the dn client at this service (paste into your shell):")
+    for name, value in (
+        ("DREADNODE_SERVER", _server_url()),
+        ("DREADNODE_API_KEY", result.raw_key),
+        ("DREADNODE_ORGANIZATION", result.org.key),
+        ("DREADNODE_WORKSPACE", result.workspace.key),
+    ):
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 # -- users, members, keys ----------------------------------------------------------------

@@ -6,17 +6,28 @@ See tests/app/test_dn_client.py for how the client is installed and driven.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.app.dn_client import Dn, DnInstallFailed, DnUnavailable, LiveServer, ensure_dn
+from tests.app.dn_client import (
+    Dn,
+    DnInstallFailed,
+    DnUnavailable,
+    LiveServer,
+    assay_command,
+    ensure_dn,
+)
+from tests.app.execution_fixtures import SHIPPED_FLAGS
 from tests.app.test_dn_client import UNDER_CI
-from tests.infrastructure.scripted_openai import ScriptedOpenAI, error
+from tests.infrastructure.scripted_openai import ScriptedOpenAI, completion, error, tool_call
 
 MODEL = "openai/gpt-4o-mini"  # what the client suggests; the endpoint must see gpt-4o-mini
+FLAG = SHIPPED_FLAGS["decode-payload"]
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +118,37 @@ def test_an_unknown_model_ends_errored_the_wait_fails_and_list_samples_says_why(
     status, analytics = server.api("GET", f"/evaluation/{evaluation['id']}/analytics")
     assert analytics["error_count"] == 1
     assert analytics["failed_count"] == 0
+
+
+def test_the_readme_recipe_for_a_real_model_passes_with_the_users_secret_as_the_key(
+    dn: Dn, server: LiveServer, endpoint: ScriptedOpenAI
+) -> None:
+    key = "sk-proj-recipe-0123456789abcdef"
+    added = subprocess.run(
+        [
+            *assay_command(),
+            *("admin", "add-secret", "--email", "demo@example.com"),
+            *("--name", "OPENAI_API_KEY", "--provider", "openai", "--value-stdin"),
+            *("--database-url", server.database_url),
+        ],
+        input=key + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")},
+    )
+    assert added.returncode == 0, added.stderr
+    endpoint.push(completion(tool_calls=[tool_call("submit", {"answer": FLAG})]))
+
+    waited = dn(
+        *("evaluation", "create", "real-model", "--task", "decode-payload"),
+        *("--model", MODEL, "--secret", "OPENAI_API_KEY", "--wait"),
+        *("--poll-interval-sec", "0.5", "--timeout-sec", "90"),
+        timeout=150,
+    )
+
+    assert waited.returncode == 0, waited.describe()
+    request = endpoint.requests[-1]
+    assert request.body["model"] == "gpt-4o-mini"
+    assert request.headers["authorization"] == f"Bearer {key}"
+    assert key not in waited.output

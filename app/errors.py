@@ -30,7 +30,7 @@ from app.services.registry_errors import (
 from domain.errors import IllegalTransition, InvalidCommand
 from infrastructure.eventstore import ConcurrencyConflict, IdempotencyConflict
 from infrastructure.identity.records import AlreadyExists, InvalidValue, NotFound
-from infrastructure.queries import AmbiguousId
+from infrastructure.queries import AmbiguousId, IdPrefixTooShort
 
 log = structlog.get_logger("assay.errors")
 
@@ -219,6 +219,8 @@ def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
             return _registry_error(exc)
         case AmbiguousId():
             return ApiError(409, str(exc), type="ambiguous_id")
+        case IdPrefixTooShort():
+            return ApiError(400, str(exc), type="id_prefix_too_short")
         case InvalidCommand() | InvalidValue():
             return ApiError(422, str(exc))
         case AlreadyExists():

@@ -103,6 +103,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         ),
         on_app_init=[_no_debug],
         debug=False,
+        # Litestar would install a handler of its own: its records go through the root
+        # handler configure_logging set up, in the same JSON as everything else.
+        logging_config=None,
     )
 
 

@@ -1,11 +1,13 @@
 """What every request goes through first, on the raw ASGI scope (cheap: one header scan):
-a request id (bound to the log context and echoed), the client version floor, and the rule
-that a request with a body sends JSON."""
+a request id (bound to the log context and echoed), the client version floor, the rule that a
+request with a body sends JSON, and one access line per request once it is answered (method,
+path, status, duration in ms, request id)."""
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 
 import structlog
@@ -19,6 +21,10 @@ _SDK_AGENT = re.compile(r"dreadnode-sdk/(\d+(?:\.\d+)*)")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _WANTED = (b"x-request-id", b"user-agent", b"content-type", b"content-length", b"transfer-encoding")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+# Probes a load balancer sends every few seconds: their access lines are debug, not info.
+_PROBES = frozenset({"/health", "/ready"})
+
+access_log = structlog.get_logger("assay.access")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -69,9 +75,13 @@ def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
             scope.setdefault("state", {})["request_id"] = request_id
             structlog.contextvars.bind_contextvars(request_id=request_id)
             echoed = (b"x-request-id", request_id.encode())
+            started = time.perf_counter()
+            status = 500  # what the client sees if nothing answers (the server's own 500)
 
             async def send_with_id(message: Message) -> None:
+                nonlocal status
                 if message["type"] == "http.response.start":
+                    status = int(message["status"])
                     present = message.get("headers", ())
                     if not any(name.lower() == b"x-request-id" for name, _ in present):
                         message["headers"] = [*present, echoed]
@@ -82,7 +92,19 @@ def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
                 if not is_registry_path(scope["path"]):  # registry bodies are bytes
                     check_json_body(scope["method"], headers)
                 await app(scope, receive, send_with_id)
+            except ApiError as exc:
+                status = exc.status
+                raise
             finally:
+                path = scope["path"]
+                write = access_log.debug if path in _PROBES else access_log.info
+                write(
+                    "request",
+                    method=scope["method"],
+                    path=path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
                 structlog.contextvars.unbind_contextvars("request_id")
 
         return middleware

@@ -23,6 +23,16 @@ class AmbiguousId(Exception):
         super().__init__(f"id prefix {prefix!r} matches more than one resource; type more of it")
 
 
+class IdPrefixTooShort(Exception):
+    """A hex string shorter than MIN_PREFIX: it may well be the start of a real id, so "not
+    found" would mislead; the answer says how long a prefix must be."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(
+            f"id prefix {prefix!r} is too short: give at least {MIN_PREFIX} characters of the id"
+        )
+
+
 class Page(msgspec.Struct, frozen=True):
     items: list[EvaluationView]
     total: int
@@ -96,6 +106,9 @@ class ReadModelQueries:
     ) -> str | None:
         prefix = normalise_prefix(raw)
         if prefix is None:
+            short = raw.strip().lower()
+            if short and len(short) < MIN_PREFIX and set(short) <= HEX:
+                raise IdPrefixTooShort(raw.strip())
             return None
         if len(prefix) == 36:
             return prefix  # a whole id: the caller's lookup by id decides whether it exists

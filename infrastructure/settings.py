@@ -30,6 +30,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # a key file next to a SQLite database is created on first start (embedded default).
     secret_key: str | None = None
     secret_key_file: str | None = None
+    # Where the service keeps files of its own (the generated secret key). Default: `.assay/`
+    # beside a SQLite database file, else `.assay/` in the working directory.
+    data_dir: str | None = None
     log_level: str = "INFO"
     log_json: bool = True
     # Seconds an authenticated API key stays cached in a server process; a revoked key stops
@@ -83,6 +86,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("default_max_retries", int),
             ("secret_key", str),
             ("secret_key_file", str),
+            ("data_dir", str),
             ("log_level", str),
             ("auth_cache_seconds", float),
             ("workers", int),
@@ -125,12 +129,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None (PostgreSQL, or an in-memory database)."""
+        if self.is_sqlite and ":///" in self.database_url:
+            db_path = self.database_url.split(":///", 1)[1].split("?", 1)[0]
+            if db_path and db_path != ":memory:":
+                return Path(db_path)
+        return None
+
+    def resolved_data_dir(self) -> Path:
+        """ASSAY_DATA_DIR, else `.assay/` beside the SQLite file, else `.assay/` here."""
+        if self.data_dir:
+            return Path(self.data_dir)
+        db_file = self.sqlite_path()
+        if db_file is not None:
+            return db_file.parent / ".assay"
+        return Path(".assay")
+
     def resolved_secret_key_file(self) -> Path:
         """Where the embedded default keeps its generated encryption key."""
         if self.secret_key_file:
             return Path(self.secret_key_file)
-        if self.is_sqlite and ":///" in self.database_url:
-            db_path = self.database_url.split(":///", 1)[1]
-            if db_path and db_path != ":memory:":
-                return Path(db_path).with_suffix(".secret-key")
-        return Path(".assay") / "secret-key"
+        return self.resolved_data_dir() / "secret-key"
+
+    def legacy_secret_key_file(self) -> Path | None:
+        """Where releases before the data directory wrote the key: `<database>.secret-key`
+        beside a SQLite file (in a repository checkout, its root, not ignored by git)."""
+        db_file = self.sqlite_path()
+        return None if db_file is None else db_file.with_suffix(".secret-key")

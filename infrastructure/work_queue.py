@@ -55,6 +55,25 @@ def _from_json(text: str) -> Any:
     return msgspec.json.decode(text)
 
 
+def _transcript_rows(
+    session_id: str, item_id: str, messages: Sequence[TranscriptMessage]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "session_id": session_id,
+            "item_id": item_id,
+            "seq": m.seq,
+            "role": m.role,
+            "content": m.content,
+            "tool_calls": None if m.tool_calls is None else _json(m.tool_calls),
+            "tool_call_id": m.tool_call_id,
+            "metadata": _json(m.metadata),
+            "created_at": m.created_at,
+        }
+        for m in messages
+    ]
+
+
 class WorkQueue:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -116,31 +135,48 @@ class WorkQueue:
     # ---- transcripts ----
 
     def transcript_write(
-        self, session_id: str, item_id: str, messages: Sequence[TranscriptMessage]
+        self,
+        session_id: str,
+        item_id: str,
+        messages: Sequence[TranscriptMessage],
+        *,
+        after_seq: int = 0,
     ) -> SideWrite | None:
-        """The write that stores an agent's transcript, for the append of the item's next
-        events (`EventStore.append(side_writes=...)`): none when there is nothing to store."""
-        if not messages:
+        """The write that stores an agent's transcript past `after_seq` (what the live
+        transcript already stored), for the append of the item's next events
+        (`EventStore.append(side_writes=...)`): none when there is nothing to store.
+
+        Idempotent: it replaces the session's rows past `after_seq`, so a message the live
+        writer stored meanwhile, or a second run of the same write, leaves one row per seq."""
+        rows = _transcript_rows(session_id, item_id, [m for m in messages if m.seq > after_seq])
+        if not rows:
             return None
-        rows = [
-            {
-                "session_id": session_id,
-                "item_id": item_id,
-                "seq": m.seq,
-                "role": m.role,
-                "content": m.content,
-                "tool_calls": None if m.tool_calls is None else _json(m.tool_calls),
-                "tool_call_id": m.tool_call_id,
-                "metadata": _json(m.metadata),
-                "created_at": m.created_at,
-            }
-            for m in messages
-        ]
+        first = min(int(r["seq"]) for r in rows)
+        replaced = transcript_messages.delete().where(
+            transcript_messages.c.session_id == session_id,
+            transcript_messages.c.seq >= first,
+        )
 
         def write(conn: Connection) -> None:
+            conn.execute(replaced)
             conn.execute(_INSERT_TRANSCRIPT, rows)
 
         return write
+
+    async def store_transcript(
+        self, session_id: str, item_id: str, messages: Sequence[TranscriptMessage]
+    ) -> None:
+        """Store messages of a running agent in a transaction of their own (side data: no
+        event). Safe to repeat: the rows of these seqs are replaced."""
+        if not messages:
+            return
+        write = self.transcript_write(
+            session_id, item_id, messages, after_seq=min(m.seq for m in messages) - 1
+        )
+        if write is None:
+            return
+        async with write_transaction(self.engine) as conn:
+            await conn.run_sync(write)
 
     async def transcript(
         self, session_id: str, *, after_seq: int = 0, limit: int = 500

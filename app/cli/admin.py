@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ import click
 import msgspec
 import sqlalchemy as sa
 
+from app.cli.checks import UPGRADE_HINT, require_migrated
 from infrastructure.db.engine import create_engine
 from infrastructure.db.migrate import upgrade
 from infrastructure.identity.bootstrap import BootstrapResult, bootstrap
@@ -61,6 +63,9 @@ def _run(
     """Run one store action in its own event loop and engine; turn known failures into
     one-line click errors."""
 
+    if not migrate:
+        require_migrated(database_url)
+
     async def go() -> T:
         cipher = None
         if needs_cipher:
@@ -84,8 +89,7 @@ def _run(
         # Only the driver's first line: the full message repeats SQL and bound parameters.
         first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise click.ClickException(
-            f"database error: {first_line} (is the database reachable and migrated? "
-            "run `assay db upgrade`)"
+            f"database error: {first_line} (is the database reachable?); {UPGRADE_HINT}"
         ) from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach the database: {exc.strerror or exc}") from None
@@ -173,11 +177,14 @@ def bootstrap_command(
     click.echo(f"role       {result.membership.role} ({state('membership')})")
     click.echo(f"api key    id={result.api_key.id} (new; shown once, store it now)")
     click.echo(result.raw_key)
-    click.echo("\nPoint the dn client at this service:")
-    click.echo(
-        f"DREADNODE_SERVER={_server_url()} DREADNODE_API_KEY={result.raw_key} "
-        f"DREADNODE_ORGANIZATION={result.org.key} DREADNODE_WORKSPACE={result.workspace.key}"
-    )
+    click.echo("\nPoint the dn client at this service (paste into your shell):")
+    for name, value in (
+        ("DREADNODE_SERVER", _server_url()),
+        ("DREADNODE_API_KEY", result.raw_key),
+        ("DREADNODE_ORGANIZATION", result.org.key),
+        ("DREADNODE_WORKSPACE", result.workspace.key),
+    ):
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 # -- users, members, keys ----------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import TypeVar
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli.checks import require_migrated
 from infrastructure import rebuild as rebuilding
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
@@ -28,6 +29,7 @@ def _with_progress(
     run: Callable[[EventStore, rebuilding.Progress], Awaitable[T]],
 ) -> T:
     url = database_url or Settings.from_env().database_url
+    require_migrated(url)
 
     async def main() -> T:
         engine = create_engine(url)

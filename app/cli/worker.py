@@ -8,6 +8,7 @@ import signal
 
 import click
 
+from app.cli.checks import require_ready
 from app.container import Container
 from app.logging import configure_logging
 from app.worker.pool import SandboxUnavailable
@@ -23,6 +24,7 @@ def group(slots: int | None) -> None:
     slot_count = slots if slots is not None else settings.workers
     if slot_count < 1:
         raise click.ClickException("a worker needs at least one slot (--slots N)")
+    require_ready(settings)
 
     async def main() -> None:
         container = Container.build(settings)

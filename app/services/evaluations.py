@@ -20,7 +20,7 @@ from domain import item as it
 from domain import task_sets as ts
 from domain.projections import Actor, EvaluationView
 from infrastructure import codec
-from infrastructure.agents.registry import agent_names, resolve_agent
+from infrastructure.agents.registry import AGENTS, agent_names, resolve_agent
 from infrastructure.clock import utc_now
 from infrastructure.eventstore import ConcurrencyConflict, EventStore
 from infrastructure.identity.records import Principal, Runtime
@@ -279,9 +279,19 @@ class EvaluationService:
                         "unknown_agent",
                     )
                 )
-        if request.model is None and request.capability is None:
+        # The agent chosen (agent_type, else capability, else openai) says whether a model is
+        # needed: `agent_type: oracle` alone is a complete request. An unknown agent cannot say,
+        # so the model is asked for as well (every problem is reported at once).
+        chosen = resolve_agent(ev.chosen_agent(request.agent_type, request.capability))
+        if request.model is None and (chosen is None or chosen.needs_model):
             errors.append(
-                _field_error(["body", "model"], "model is required unless capability is given")
+                _field_error(
+                    ["body", "model"],
+                    "model is required for the openai agent (or choose an agent that needs "
+                    "none with agent_type or capability: "
+                    + ", ".join(n for n in agent_names() if not AGENTS[n].needs_model)
+                    + ")",
+                )
             )
 
     async def _check_references(
@@ -325,7 +335,15 @@ class EvaluationService:
         view = await self._view(evaluation_id)
         created_by = view.created_by.user_id if view.created_by else None
         if not ctx.principal.can_manage(ctx.org_id, ctx.workspace_id, created_by):
-            raise ApiError(403, "your role lets you change only evaluations you created")
+            role = ctx.principal.role_in(ctx.org_id)
+            if role == "member":
+                raise ApiError(403, "your role lets you change only evaluations you created")
+            # A viewer (or a key without a role here) changes nothing, whoever created it.
+            raise ApiError(
+                403,
+                f"your role in this org is {role or 'none'}, which only reads evaluations; "
+                "cancel and retry-failed need member (own evaluations), admin or owner",
+            )
         for _attempt in range(CONFLICT_RETRIES):
             state, item_states, versions = await self._load(evaluation_id)
             new_events = ev.decide(state, item_states, command)

@@ -150,6 +150,7 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await self.queue.unregister_worker(self.worker_id)
+        log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=len(running))
 
     def wake(self) -> None:
         """New work may be claimable (an evaluation was created or reopened in this process)."""
@@ -226,6 +227,14 @@ class WorkerPool:
             )
         except ItemLost:
             return False  # another worker took it, or the evaluation is at its concurrency
+        log.info(
+            "item_claimed",
+            item_id=view.id,
+            evaluation_id=view.evaluation_id,
+            task=view.task_ref,
+            worker_id=self.worker_id,
+            attempt=view.retry_count + 1,
+        )
         try:
             job = await self._job(handle, view, evaluation)
         except Exception as exc:

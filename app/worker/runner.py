@@ -4,8 +4,11 @@
 
 The deadline (`task_timeout_sec` from the claim) bounds every sandbox command and the agent;
 past it the item ends `timed_out` and the sandbox's process tree is killed. Sandbox and model
-endpoint failures end in `infra_error` (retried with backoff while retries are left); a
-checker that breaks ends in `errored`; cancellation kills the sandbox within the poll interval.
+endpoint failures that may pass (429, 5xx, unreachable) end in `infra_error` (retried with backoff
+while retries are left). What no retry can change ends in `errored` at once, never `failed` (no
+answer was judged): a checker that breaks, an endpoint that refuses the request (4xx: bad model,
+bad key), an agent that crashes or has nothing to run (the oracle without a reference solution),
+a task this worker does not have. Cancellation kills the sandbox within the poll interval.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 import structlog
 
 from app.services.items import ItemHandle, ItemLost
+from app.worker.live_transcript import LiveTranscript
 from app.worker.verification import (
     CheckerBroke,
     TaskUnrunnable,
@@ -66,6 +70,12 @@ CANCEL_POLL_SECONDS = 0.5
 
 class DeadlinePassed(Exception):
     pass
+
+
+class AgentErrored(Exception):
+    """The agent could not do its job and a retry would meet the same wall: the model endpoint
+    refused the request (bad model name, bad key), the agent crashed, or the oracle has no
+    reference solution. The item ends `errored`, never `failed`: no answer was judged."""
 
 
 class Deadline:
@@ -168,7 +178,7 @@ class ItemRunner:
         prelude: list[it.AnyItemEvent] = []
         ending: it.AnyItemEvent | None = None
         try:
-            task = await self._task(job.item)
+            task = await self._task(job)
             sandbox = await self._provision(job, task)
             await self._setup(sandbox, task, deadline)
             scripts_env = {**job.secrets_env, **task.service_environment(sandbox.endpoints())}
@@ -190,6 +200,9 @@ class ItemRunner:
             except DeadlinePassed:
                 prelude = [finished]
                 raise
+            if outcome.stop_reason == "error":
+                prelude = [finished]
+                raise AgentErrored(outcome.error or f"agent {job.agent_name} ended with an error")
             verification = task.verification
             if isinstance(verification, FlagVerification):
                 prelude = [finished, verifying]
@@ -220,11 +233,13 @@ class ItemRunner:
                 evaluation_id=config_id(job),
                 error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
             )
-        except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError) as exc:
+        except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError, AgentErrored) as exc:
             ending = it.ItemErrored(
-                item_id=job.item.id, evaluation_id=config_id(job), error=str(exc)
+                item_id=job.item.id,
+                evaluation_id=config_id(job),
+                error=redact(str(exc), redactions),
             )
-        except (SandboxError, AgentInfraError, UnknownTask) as exc:
+        except (SandboxError, AgentInfraError) as exc:
             ending = self._infra_failure(job, redact(f"{type(exc).__name__}: {exc}", redactions))
         except Exception as exc:  # a bug in the engine must not strand the item in flight
             log.error("runner_failed", item_id=job.item.id, exc_info=exc)
@@ -237,12 +252,23 @@ class ItemRunner:
             kept = await run_to_completion(self._clean_up(job, prelude, ending))
         await self._end(job, [*prelude, ending, *([kept] if kept else [])])
 
-    async def _task(self, item: ItemView) -> Task:
+    async def _task(self, job: ItemJob) -> Task:
         """The bundle the item recorded at create, by digest (a retry, or a worker with other
-        local folders, runs the same bytes); items from before digests by their ref."""
+        local folders, runs the same bytes); items from before digests by their ref, in this
+        worker's catalog. A worker that lacks such a task was started with other
+        ASSAY_TASK_PATHS than the API, which no retry can change: the item ends errored at
+        once, saying where to look."""
+        item = job.item
         if item.bundle_digest is not None and self.bundles is not None:
             return await self.bundles.task(item.bundle_digest)
-        return self.catalog.resolve(item.task_ref)
+        try:
+            return self.catalog.resolve(item.task_ref)
+        except UnknownTask as exc:
+            raise TaskUnrunnable(
+                f"task {item.task_ref!r} is not in the task folders of worker "
+                f"{job.handle.worker_id} (the API accepted it: start this worker with the "
+                "same ASSAY_TASK_PATHS as the API)"
+            ) from exc
 
     async def _record(self, job: ItemJob, *events: it.AnyItemEvent) -> None:
         """Append the item's next events; the agent's transcript, once there is one, goes into
@@ -338,6 +364,9 @@ class ItemRunner:
                 isolation=dict(sandbox.isolation),
             ),
         )
+        # The transcript is stored as the agent records it (side data, never events), so it
+        # can be read while the agent runs; see app/worker/live_transcript.py.
+        live = LiveTranscript(self.queue, session_id, job.item.id)
         config = job.evaluation.config
         variables = {**config.task_config, **job.item.variables, **provided}
         context = AgentContext(
@@ -348,18 +377,36 @@ class ItemRunner:
             max_steps=config.max_steps or self.default_max_steps,
             timeout_sec=deadline.remaining(),
             redact=redactions,
+            on_message=live.add,
             **job.context_extras,
         )
+        live.start()
         try:
             # The agent honours its own budget; the extra seconds only catch a hung agent.
             outcome = await asyncio.wait_for(
                 job.agent.run(sandbox, context), deadline.remaining() + 5
             )
         except TimeoutError as exc:
+            await live.stop(flush=True)
             await sandbox.kill_all()
             raise DeadlinePassed() from exc
+        except (AgentInfraError, SandboxError, DeadlinePassed):
+            await live.stop(flush=True)
+            raise  # the endpoint or the sandbox failed, not the agent: infra_error, retried
+        except asyncio.CancelledError:
+            await run_to_completion(live.stop())
+            raise
+        except Exception as exc:
+            await live.stop(flush=True)
+            # A bug in the agent: the same agent on the same task crashes the same way again.
+            log.warning("agent_crashed", item_id=job.item.id, agent=job.agent_name, exc_info=exc)
+            raise AgentErrored(
+                f"agent {job.agent_name} crashed: {type(exc).__name__}: {exc}"
+            ) from exc
+        await live.stop()
+        # What the live writer has not stored yet goes with the item's next append.
         job.transcript_write = self.queue.transcript_write(
-            session_id, job.item.id, outcome.transcript
+            session_id, job.item.id, outcome.transcript, after_seq=live.stored_seq
         )
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()
@@ -372,6 +419,9 @@ class ItemRunner:
             await self._record(job, *events)
         except ItemLost as exc:
             log.info("item_lost", item_id=job.item.id, reason=str(exc))
+            return
+        for event in events:
+            log_ending(job, event)
 
     def _infra_failure(self, job: ItemJob, error: str) -> it.ItemInfraFailed:
         backoff = self.retry_backoff_seconds * (2**job.handle.state.retry_count)
@@ -430,6 +480,33 @@ async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError()
     return result
+
+
+def log_ending(job: ItemJob, event: it.AnyItemEvent) -> None:
+    """One line per way an item ends (or goes back to the queue), for the operator."""
+    state = job.handle.state
+    where = {"item_id": job.item.id, "evaluation_id": job.item.evaluation_id}
+    match event:
+        case it.ItemVerdict(passed=passed):
+            log.info("item_verdict", **where, passed=passed, task=job.item.task_ref)
+        case it.ItemInfraFailed(error=error, retry_not_before=not_before):
+            # The domain decided whether a retry is left: the item is queued again, or ended.
+            retrying = state.status == "queued"
+            log.warning("item_infra_error", **where, error=error, will_retry=retrying)
+            if retrying:
+                log.info(
+                    "item_retry_scheduled",
+                    **where,
+                    retry=state.retry_count,
+                    max_retries=state.max_retries,
+                    not_before=not_before,
+                )
+        case it.ItemErrored(error=error):
+            log.warning("item_errored", **where, error=error)
+        case it.ItemTimedOut(error=error):
+            log.warning("item_timed_out", **where, error=error)
+        case _:
+            pass
 
 
 def config_id(job: ItemJob) -> str:

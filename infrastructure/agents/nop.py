@@ -18,7 +18,7 @@ class NopAgent:
 
     async def run(self, sandbox: Sandbox, context: AgentContext) -> AgentOutcome:
         started = time.monotonic()
-        recorder = TranscriptRecorder(context.redact)
+        recorder = TranscriptRecorder(context.redact, context.on_message)
         # One message, so the transcript endpoint shows that the agent ran and chose to do
         # nothing, rather than answering 404 as for an item that never started an agent.
         recorder.add("assistant", "nop agent: did nothing and submitted no answer.")

@@ -48,6 +48,14 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SHELL_TIMEOUT_SEC = 120.0
 # Statuses that say "try again later" rather than "this request is wrong".
 RETRYABLE_STATUSES = frozenset({408, 429})
+# The provider prefix of the dn client's model names (`--model openai/gpt-4o-mini`, LiteLLM's
+# convention: provider/model). The agent speaks the OpenAI protocol to whatever endpoint it is
+# given, so this one prefix names the protocol, not part of the model: it is removed before the
+# request. Only this one: other slashes belong to the endpoint's own names (OpenRouter's
+# `anthropic/claude-3.5-sonnet`, a vLLM server's `meta-llama/Llama-3.1-8B-Instruct`), and a
+# name that really starts with `openai/` (OpenRouter's `openai/gpt-4o`) is written
+# `openai/openai/gpt-4o`.
+PROVIDER_PREFIX = "openai/"
 # Upstream error texts can be whole HTML pages; the item only needs the gist.
 ERROR_DETAIL_CHARS = 500
 
@@ -144,7 +152,9 @@ class _Run:
         self.deadline = self.started + context.timeout_sec
         # The key is redacted like any secret: some endpoints echo it back in a 401 message.
         api_key = context.api_key
-        self.recorder = TranscriptRecorder(context.redact + ((api_key,) if api_key else ()))
+        self.recorder = TranscriptRecorder(
+            context.redact + ((api_key,) if api_key else ()), context.on_message
+        )
         self.url = (context.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.conversation: list[dict[str, Any]] = []
@@ -208,7 +218,7 @@ class _Run:
     async def complete(self, client: httpx.AsyncClient) -> dict[str, Any]:
         """One generation, with quick retries of what may pass on a second try."""
         body = {
-            "model": self.context.model,
+            "model": endpoint_model(self.context.model or ""),
             "messages": self.conversation,
             "tools": TOOLS,
             "tool_choice": "auto",
@@ -313,6 +323,11 @@ class _Run:
         self.conversation.append(
             {"role": "tool", "tool_call_id": call_id, "content": message.content}
         )
+
+
+def endpoint_model(model: str) -> str:
+    """The model name as the endpoint knows it: the evaluation's, less PROVIDER_PREFIX."""
+    return model.removeprefix(PROVIDER_PREFIX)
 
 
 class _BadCall:

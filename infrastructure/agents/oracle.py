@@ -28,7 +28,7 @@ class OracleAgent:
 
     async def run(self, sandbox: Sandbox, context: AgentContext) -> AgentOutcome:
         started = time.monotonic()
-        recorder = TranscriptRecorder(context.redact)
+        recorder = TranscriptRecorder(context.redact, context.on_message)
         task = context.task
 
         def outcome(stop_reason: str, **fields: Any) -> AgentOutcome:

@@ -8,7 +8,7 @@ item in infra_error and is retried with backoff.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -44,6 +44,9 @@ class AgentContext(msgspec.Struct, frozen=True, kw_only=True):
     # Environment for the agent's commands: the task's services as scripts see them
     # (`WEB_URL`, ...), beside the secrets the sandbox already carries.
     env: Mapping[str, str] = {}
+    # Told of each transcript message as it is recorded (already redacted), so the transcript
+    # can be read while the agent runs; must not block (it only queues the message).
+    on_message: Callable[[TranscriptMessage], None] | None = None
 
 
 class AgentOutcome(msgspec.Struct, frozen=True, kw_only=True):

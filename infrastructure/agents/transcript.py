@@ -5,7 +5,7 @@ messages, and the shell tool call / tool output shapes both the oracle and the o
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from infrastructure.agents.protocol import TranscriptMessage, redact
@@ -22,9 +22,15 @@ class TranscriptRecorder:
     text that goes in (content, tool call arguments, metadata strings), so a secret can only
     reach the stored transcript by a path that bypasses this class."""
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        secrets: tuple[str, ...],
+        listener: Callable[[TranscriptMessage], None] | None = None,
+    ) -> None:
         self.secrets = secrets
         self.messages: list[TranscriptMessage] = []
+        # Hears every message once it is redacted (the live transcript; see AgentContext).
+        self.listener = listener
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -48,6 +54,8 @@ class TranscriptRecorder:
             created_at=utc_now(),
         )
         self.messages.append(message)
+        if self.listener is not None:
+            self.listener(message)
         return message
 
     def _scrub(self, value: Any) -> Any:

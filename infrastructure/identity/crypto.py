@@ -1,6 +1,7 @@
 """Credentials: API key generation and hashing, secret encryption key, masking.
 
-Nothing here logs, and no error message includes a key, a secret value or a path's contents.
+Nothing here logs a key, a secret value or a path's contents (only where a key file is), and
+no error message includes them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
+import structlog
 from cryptography.fernet import Fernet
 
 from infrastructure.settings import Settings
@@ -24,6 +26,26 @@ DISPLAY_PREFIX_LENGTH = 12
 # eight-character password would give away half of it.
 MASK_MIN_LENGTH = 12
 MASK_VISIBLE = 4
+
+log = structlog.get_logger("assay.identity")
+
+
+class SecretKeyMissing(ValueError):
+    """A deployment whose processes cannot share a generated key file has no key configured."""
+
+
+MISSING_KEY = (
+    "ASSAY_SECRET_KEY is not set: on PostgreSQL every server and worker must share one key. "
+    "Make one with `python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'` and set ASSAY_SECRET_KEY (or ASSAY_SECRET_KEY_FILE)"
+)
+
+
+def secret_key_problem(settings: Settings) -> str | None:
+    """Why no cipher can be had, said before anything starts; None when one can."""
+    if settings.secret_key or settings.secret_key_file or settings.is_sqlite:
+        return None
+    return MISSING_KEY
 
 
 def generate_api_key() -> str:
@@ -57,8 +79,22 @@ def load_cipher(settings: Settings) -> Fernet:
     """
     if settings.secret_key:
         return _fernet(settings.secret_key.encode("ascii", "replace"), "ASSAY_SECRET_KEY")
+    problem = secret_key_problem(settings)
+    if problem is not None:
+        raise SecretKeyMissing(problem)
     path = settings.resolved_secret_key_file()
-    if not path.exists():
+    legacy = None if settings.secret_key_file else settings.legacy_secret_key_file()
+    if not path.exists() and legacy is not None and legacy.exists():
+        # An install from before the data directory: keep using its key (the secrets stored
+        # so far are encrypted with it), and say where it belongs now.
+        log.warning(
+            "secret_key_file_in_old_place",
+            found=str(legacy),
+            move_to=str(path),
+            hint=f"mkdir -p {path.parent} && mv {legacy} {path}",
+        )
+        path = legacy
+    elif not path.exists():
         _create_key_file(path)
     return _fernet(path.read_bytes().strip(), f"the secret key file {path}")
 
@@ -74,7 +110,8 @@ def _fernet(key: bytes, source: str) -> Fernet:
 
 
 def _create_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The data directory is the service's own: private to its user, like the key inside.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Written in full to a private temporary file, then hard-linked into place: linking never
     # replaces an existing file, so when two processes start at once both end up reading the
     # one key that won, and nobody ever reads a half-written file.

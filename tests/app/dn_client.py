@@ -216,8 +216,9 @@ class LiveServer:
         env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
-        # Extra ASSAY_* settings of the served process (e.g. ASSAY_WORKERS for a worker).
-        self.extra_env = env or {}
+        # ASSAY_* settings of the server that override the defaults below (a worker, an
+        # endpoint, log format).
+        self.extra_env = dict(env or {})
         self.database_url = f"sqlite+aiosqlite:///{workdir / 'assay.db'}"
         self.log_path = workdir / "server.log"
         self.org = org

@@ -79,8 +79,9 @@ def test_bootstrap_human_output_prints_the_client_environment(database_url: str)
     result = ok(
         admin(database_url, "bootstrap", "--org", "acme", "--workspace", "lab", "--email", "b@x.io")
     )
-    env_line = next(line for line in result.stdout.splitlines() if line.startswith("DREADNODE_"))
-    env = dict(part.split("=", 1) for part in env_line.split())
+    # `export NAME=value` lines, so that pasting them sets the client's environment.
+    exports = [line for line in result.stdout.splitlines() if line.startswith("export ")]
+    env = dict(line.removeprefix("export ").split("=", 1) for line in exports)
 
     assert env["DREADNODE_SERVER"] == "http://127.0.0.1:8000"
     assert env["DREADNODE_ORGANIZATION"] == "acme"

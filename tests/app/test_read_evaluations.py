@@ -55,11 +55,12 @@ def test_get_by_full_id_and_by_eight_character_prefix(api: Api) -> None:
     assert api.get(f"/evaluation/{full.upper()}").json() == evaluation
 
 
-def test_prefix_shorter_than_eight_characters_is_404(api: Api) -> None:
+def test_prefix_shorter_than_eight_characters_is_400_too_short(api: Api) -> None:
     evaluation = created(api)
 
-    assert_envelope(api.get(f"/evaluation/{evaluation['id'][:7]}"), 404, "not_found")
-    assert_envelope(api.get(f"/evaluation/{evaluation['id'][:1]}"), 404, "not_found")
+    for short in (evaluation["id"][:7], evaluation["id"][:1]):
+        found = assert_envelope(api.get(f"/evaluation/{short}"), 400, "id_prefix_too_short")
+        assert "at least 8" in found["detail"]
 
 
 def test_unknown_id_or_non_hex_is_404(api: Api) -> None:
@@ -222,7 +223,7 @@ def test_item_by_id_and_by_prefix(api: Api) -> None:
     assert api.get(f"/evaluation/{evaluation['id']}/items/{second['id']}").json() == second
     assert api.get(f"/evaluation/{evaluation['id']}/items/{second['id'][:8]}").json() == second
     short = api.get(f"/evaluation/{evaluation['id']}/items/{second['id'][:7]}")
-    assert_envelope(short, 404, "not_found")
+    assert_envelope(short, 400, "id_prefix_too_short")
     unknown = api.get(f"/evaluation/{evaluation['id']}/items/{uuid.uuid4()}")
     assert_envelope(unknown, 404, "not_found")
 

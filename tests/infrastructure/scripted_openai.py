@@ -37,6 +37,9 @@ class Reply:
     status: int = 200
     body: Any = None
     delay_sec: float = 0.0
+    # Held until this event is set (at most a minute): a model that is "thinking" for as long
+    # as a test needs to look at a run in progress.
+    gate: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class ScriptedOpenAI:
                     else:
                         state.exhausted = True
                         reply = error(500, "scripted server: script exhausted")
+                if reply.gate is not None:
+                    reply.gate.wait(timeout=60)
                 if reply.delay_sec:
                     time.sleep(reply.delay_sec)
                 payload = (

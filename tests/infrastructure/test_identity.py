@@ -290,10 +290,10 @@ def test_load_cipher_prefers_the_configured_key_and_hides_a_bad_one(tmp_path: Pa
     assert "not-a-real-key" not in str(caught.value)
 
 
-def test_sqlite_key_file_sits_next_to_the_database(tmp_path: Path) -> None:
+def test_sqlite_key_file_sits_in_the_data_directory_beside_the_database(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/assay.db")
     load_cipher(settings)
-    assert (tmp_path / "assay.secret-key").exists()
+    assert (tmp_path / ".assay" / "secret-key").exists()
 
 
 # -- tenants, projects, runtimes ---------------------------------------------------------

@@ -63,6 +63,9 @@ class ItemSpec(msgspec.Struct, frozen=True, kw_only=True):
     task_name: str
     task_ref: str
     variables: items.Variables = {}
+    # The item's wall-clock bound and which setting gave it (resolved at create).
+    timeout_sec: int | None = None
+    timeout_source: items.TimeoutSource | None = None
 
 
 # ---- commands ----
@@ -278,6 +281,8 @@ def _create(state: EvaluationState | None, command: CreateEvaluation) -> list[An
             model=config.model,
             variables=spec.variables,
             max_retries=config.max_retries,
+            timeout_sec=spec.timeout_sec,
+            timeout_source=spec.timeout_source,
         )
         for position, spec in enumerate(command.items, start=1)
     ]

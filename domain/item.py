@@ -49,6 +49,9 @@ FORWARD: dict[ItemStatus, ItemStatus] = {
 }
 
 Variables = dict[str, str | int | float | bool | None]
+# Which setting bounded an item: the evaluation's task_timeout_sec, the task's own
+# timeout_sec, or the service default.
+TimeoutSource = Literal["evaluation", "task", "default"]
 
 
 # ---- events (each carries its evaluation so history can be gathered per evaluation) ----
@@ -66,6 +69,10 @@ class ItemQueued(ItemEvent, frozen=True, tag="item.queued"):
     model: str | None
     variables: Variables = {}
     max_retries: int = 0
+    # None in items queued before timeouts were resolved per item: the evaluation's
+    # task_timeout_sec applies to them.
+    timeout_sec: int | None = None
+    timeout_source: TimeoutSource | None = None
 
 
 class ItemClaimed(ItemEvent, frozen=True, tag="item.claimed"):

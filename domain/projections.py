@@ -167,6 +167,11 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
             model=event.model,
             variables=event.variables,
             max_retries=event.max_retries,
+            metadata_json=(
+                {"timeout": {"seconds": event.timeout_sec, "source": event.timeout_source}}
+                if event.timeout_sec is not None
+                else {}
+            ),
             queued_at=now,
             created_at=now,
             updated_at=now,

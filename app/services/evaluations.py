@@ -28,7 +28,7 @@ from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
 from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
-from infrastructure.tasks import TaskCatalog, UnknownTask
+from infrastructure.tasks import Task, TaskCatalog, UnknownTask
 
 SUPPORTED_KINDS = ("security_task_benchmark",)
 CONFLICT_RETRIES = 5
@@ -171,15 +171,29 @@ class EvaluationService:
                     )
                 )
                 continue
+            timeout_sec, timeout_source = self._timeout_of(request, task)
             specs.append(
                 ev.ItemSpec(
                     item_id=self.new_id(),
                     task_name=task.name,
                     task_ref=task.ref,
                     variables=variables,
+                    timeout_sec=timeout_sec,
+                    timeout_source=timeout_source,
                 )
             )
         return specs
+
+    def _timeout_of(
+        self, request: CreateEvaluationRequest, task: Task
+    ) -> tuple[int, it.TimeoutSource]:
+        """The evaluation's task_timeout_sec when given, else the task's own timeout_sec,
+        else the service default."""
+        if request.task_timeout_sec is not None:
+            return request.task_timeout_sec, "evaluation"
+        if task.timeout_sec is not None:
+            return task.timeout_sec, "task"
+        return self.settings.default_task_timeout_sec, "default"
 
     def _check_openai_endpoint(
         self, request: CreateEvaluationRequest, runtime: Runtime | None

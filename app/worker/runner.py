@@ -2,7 +2,9 @@
 
     claiming -> provisioning -> agent_running -> agent_finished -> verifying -> verdict
 
-The deadline (`task_timeout_sec` from the claim) bounds every sandbox command and the agent;
+The deadline (the item's timeout from the claim: the evaluation's `task_timeout_sec`, else the
+task's own `timeout_sec`, else the default, as resolved at create and recorded in
+`metadata_json.timeout`) bounds every sandbox command and the agent;
 past it the item ends `timed_out` and the sandbox's process tree is killed. Sandbox and model
 endpoint failures end in `infra_error` (retried with backoff while retries are left); a
 checker that breaks ends in `errored`; cancellation kills the sandbox within the poll interval.
@@ -156,7 +158,8 @@ class ItemRunner:
 
     async def _phases(self, job: ItemJob) -> None:
         config = job.evaluation.config
-        deadline = Deadline(config.task_timeout_sec)
+        timeout_sec, timeout_source = item_timeout(job.item, config.task_timeout_sec)
+        deadline = Deadline(timeout_sec)
         redactions = tuple(job.secrets_env.values())
         # Events that go into the ending's append: the agent's finish when nothing that takes
         # time follows it (an in-process flag check, or a deadline already passed). One append
@@ -214,7 +217,7 @@ class ItemRunner:
             ending = it.ItemTimedOut(
                 item_id=job.item.id,
                 evaluation_id=config_id(job),
-                error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
+                error=f"{TIMEOUT_NAMES[timeout_source]} ({timeout_sec}s) exceeded",
             )
         except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError) as exc:
             ending = it.ItemErrored(
@@ -419,6 +422,25 @@ async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError()
     return result
+
+
+# What each timeout source is called in a timed-out item's error.
+TIMEOUT_NAMES: dict[str, str] = {
+    "evaluation": "task_timeout_sec",
+    "task": "the task's timeout_sec",
+    "default": "the default task timeout",
+}
+
+
+def item_timeout(item: ItemView, evaluation_timeout_sec: int) -> tuple[int, str]:
+    """The item's wall-clock bound in seconds and its source, as recorded at create; items
+    queued before that was recorded run under the evaluation's task_timeout_sec."""
+    recorded = item.metadata_json.get("timeout")
+    if isinstance(recorded, dict):
+        seconds, source = recorded.get("seconds"), recorded.get("source")
+        if isinstance(seconds, int) and seconds >= 1 and source in TIMEOUT_NAMES:
+            return seconds, str(source)
+    return evaluation_timeout_sec, "evaluation"
 
 
 def config_id(job: ItemJob) -> str:

@@ -50,6 +50,11 @@ class Container:
         queries = ReadModelQueries(engine, cache)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
+        for problem in catalog.problems:
+            # One line per bundle left out, so an operator sees a typo at start, not at create.
+            log.warning(
+                "task_bundle_problem", task=problem.name, path=problem.path, error=problem.error
+            )
         queue = WorkQueue(engine)
         return cls(
             settings=settings,

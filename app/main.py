@@ -18,6 +18,7 @@ from litestar.types import ControllerRouterHandler
 from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
 from app.api.scope import ScopeController
+from app.api.task_problems import TaskProblemController
 from app.auth import raw_key_of
 from app.container import Container
 from app.errors import handle_exception
@@ -26,7 +27,13 @@ from app.middleware import request_middleware
 from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
 
-ROUTES: list[ControllerRouterHandler] = [EvaluationController, ScopeController, health, ready]
+ROUTES: list[ControllerRouterHandler] = [
+    EvaluationController,
+    ScopeController,
+    TaskProblemController,
+    health,
+    ready,
+]
 
 
 def _rate_limit_identity(request: Request[Any, Any, Any]) -> str:

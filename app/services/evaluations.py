@@ -162,7 +162,9 @@ class EvaluationService:
             try:
                 task = self.catalog.resolve(ref)
             except UnknownTask:
-                errors.append(_field_error(loc, f"unknown task {ref!r}", "unknown_task"))
+                close = self.catalog.suggest(ref)
+                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                errors.append(_field_error(loc, f"unknown task {ref!r}{hint}", "unknown_task"))
                 continue
             if not task.has_verification:
                 errors.append(

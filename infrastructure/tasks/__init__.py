@@ -13,6 +13,7 @@ from infrastructure.tasks.catalog import (
     TaskCatalog,
     TaskProblem,
     UnknownTask,
+    check_bundles,
     load_bundle,
     load_catalog,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "TaskScriptOutputError",
     "UnknownTask",
     "Verification",
+    "check_bundles",
     "load_bundle",
     "load_catalog",
     "parse_provision_output",

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator
 from app.services.evaluations import EvaluationService
+from app.services.sandboxes import SandboxService
 from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
@@ -39,6 +40,7 @@ class Container:
     authenticator: Authenticator
     catalog: TaskCatalog
     evaluations: EvaluationService
+    sandboxes: SandboxService
     queue: WorkQueue
     _capacity: tuple[float, int] = (0.0, 0)
 
@@ -71,6 +73,7 @@ class Container:
                 catalog=catalog,
                 settings=settings,
             ),
+            sandboxes=SandboxService(store=store, queries=queries, settings=settings),
             queue=queue,
         )
 

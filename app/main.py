@@ -17,6 +17,8 @@ from litestar.types import ControllerRouterHandler
 
 from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
+from app.api.runtimes import RuntimeController
+from app.api.sandboxes import SandboxController
 from app.api.scope import ScopeController
 from app.api.task_problems import TaskProblemController
 from app.auth import raw_key_of
@@ -30,6 +32,8 @@ from infrastructure.settings import Settings
 ROUTES: list[ControllerRouterHandler] = [
     EvaluationController,
     ScopeController,
+    SandboxController,
+    RuntimeController,
     TaskProblemController,
     health,
     ready,

@@ -141,6 +141,12 @@ class ItemSandboxKept(ItemEvent, frozen=True, tag="item.sandbox_kept"):
     location: str
 
 
+class ItemSandboxDiscarded(ItemEvent, frozen=True, tag="item.sandbox_discarded"):
+    """The kept sandbox of an ended item was removed (`DELETE .../sandboxes/{id}`)."""
+
+    location: str
+
+
 ITEM_EVENTS = (
     ItemQueued,
     ItemClaimed,
@@ -156,6 +162,7 @@ ITEM_EVENTS = (
     ItemRequeued,
     ItemLeaseRenewed,
     ItemSandboxKept,
+    ItemSandboxDiscarded,
 )
 AnyItemEvent = (
     ItemQueued
@@ -172,6 +179,7 @@ AnyItemEvent = (
     | ItemRequeued
     | ItemLeaseRenewed
     | ItemSandboxKept
+    | ItemSandboxDiscarded
 )
 
 
@@ -217,9 +225,11 @@ def status_after(current: ItemStatus, event: AnyItemEvent) -> ItemStatus:
         if current not in IN_FLIGHT:
             raise IllegalTransition(f"item is {current}; only an item in flight has a lease")
         return current
-    if isinstance(event, ItemSandboxKept):
+    if isinstance(event, ItemSandboxKept | ItemSandboxDiscarded):
         if current not in TERMINAL:
-            raise IllegalTransition(f"item is {current}; a sandbox is kept only once it ended")
+            raise IllegalTransition(
+                f"item is {current}; a sandbox is kept or discarded only once it ended"
+            )
         return current
     target = _target_status(event)
     if target in FORWARD:
@@ -261,7 +271,7 @@ def _target_status(event: AnyItemEvent) -> ItemStatus:
             return "queued" if will_retry else "infra_error"
         case ItemErrored():
             return "errored"
-        case ItemLeaseRenewed() | ItemSandboxKept():
+        case ItemLeaseRenewed() | ItemSandboxKept() | ItemSandboxDiscarded():
             pass
     raise TypeError(f"not an item event: {event!r}")
 

@@ -222,6 +222,15 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
                 "location": location,
             }
             changes["metadata_json"] = metadata
+        case it.ItemSandboxDiscarded(location=location):
+            metadata = dict(old.metadata_json)
+            metadata["sandbox"] = {
+                **metadata.get("sandbox", {}),
+                "kept": False,
+                "location": location,
+                "discarded_at": now,
+            }
+            changes["metadata_json"] = metadata
         case it.ItemRequeued():
             changes |= {
                 "passed": None,
@@ -232,7 +241,8 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
                 "verified_at": None,
                 "queued_at": now,
             }
-    if isinstance(event, it.ItemLeaseRenewed | it.ItemSandboxKept):  # no transition to count
+    # No transition to count:
+    if isinstance(event, it.ItemLeaseRenewed | it.ItemSandboxKept | it.ItemSandboxDiscarded):
         views.items[old.id] = msgspec.structs.replace(old, **changes)
         return
     if new_status == "queued" or new_status in it.TERMINAL:

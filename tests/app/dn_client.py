@@ -207,8 +207,17 @@ class Tenant:
 class LiveServer:
     """`assay serve` on a free loopback port over a migrated, bootstrapped SQLite file."""
 
-    def __init__(self, workdir: Path, *, org: str = "demo", workspace: str = "main") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        org: str = "demo",
+        workspace: str = "main",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        # Settings over the defaults below (e.g. ASSAY_WORKERS for a server that runs items).
+        self.extra_env = dict(env or {})
         self.database_url = f"sqlite+aiosqlite:///{workdir / 'assay.db'}"
         self.log_path = workdir / "server.log"
         self.org = org
@@ -265,16 +274,17 @@ class LiveServer:
         last = ""
         for _ in range(attempts):
             self.port = free_port()
-            env = _clean_env(
-                ASSAY_DATABASE_URL=self.database_url,
-                ASSAY_RATE_LIMIT="0",
-                ASSAY_LOG_LEVEL="WARNING",
+            defaults = {
+                "ASSAY_DATABASE_URL": self.database_url,
+                "ASSAY_RATE_LIMIT": "0",
+                "ASSAY_LOG_LEVEL": "WARNING",
                 # No in-process worker: evaluations stay queued, so cancel always has work.
-                ASSAY_WORKERS="0",
+                "ASSAY_WORKERS": "0",
                 # `--model` alone picks the openai agent, which create refuses without an
                 # endpoint; nothing ever calls this one (no worker runs).
-                ASSAY_OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-            )
+                "ASSAY_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            }
+            env = _clean_env(**{**defaults, **self.extra_env})
             with self.log_path.open("ab") as log:
                 self._process = subprocess.Popen(
                     [*assay_command(), "serve", "--port", str(self.port)],

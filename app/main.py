@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ControllerRouterHandler
 
+from app.api.capabilities import CapabilityController
 from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
 from app.api.runtimes import RuntimeController
@@ -34,6 +35,7 @@ ROUTES: list[ControllerRouterHandler] = [
     ScopeController,
     SandboxController,
     RuntimeController,
+    CapabilityController,
     TaskProblemController,
     health,
     ready,

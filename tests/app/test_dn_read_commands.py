@@ -296,3 +296,50 @@ def test_runtime_get_by_id_or_name(dn: Dn, runtime: dict[str, str]) -> None:
 def test_an_unknown_runtime_is_a_404(dn: Dn, server: LiveServer) -> None:
     assert dn("runtime", "get", "no-such-runtime").returncode != 0
     assert server.api("GET", "/runtimes/no-such-runtime")[0] == 404
+
+
+# ---- dn capability ----
+
+
+def test_capability_list_shows_the_agents_create_accepts(dn: Dn) -> None:
+    rows = ok(dn("capability", "list", "--json")).json()
+
+    # The client asks for sort_dir=desc; built-ins are ordered by name.
+    assert [row["name"] for row in rows] == ["oracle", "openai", "nop"]
+    openai = next(row for row in rows if row["name"] == "openai")
+    assert openai["secrets"][0]["provider"] == "openai"
+    assert openai["versions"] and openai["version_count"] == 1
+    text = ok(dn("capability", "list")).stdout
+    assert "oracle@" in text and "reference solution" in text
+
+
+def test_capability_list_search_narrows_it(dn: Dn) -> None:
+    rows = ok(dn("capability", "list", "--search", "chat completions", "--json")).json()
+    assert [row["name"] for row in rows] == ["openai"]
+
+
+def test_capability_info_shows_the_agent_and_its_version(dn: Dn, server: LiveServer) -> None:
+    body = ok(dn("capability", "info", "oracle", "--json")).json()
+
+    assert body["name"] == "oracle"
+    assert body["available_versions"] == [body["version"]]
+    assert body["needs_model"] is False
+    text = ok(dn("capability", "info", "openai")).stdout
+    assert "openai@" in text and "versions:" in text
+    pinned = ok(dn("capability", "info", f"oracle@{body['version']}", "--json")).json()
+    assert pinned["name"] == "oracle"
+    status, facets = org_api(server, "GET", "/capabilities/facets")
+    assert status == 200
+    assert {"value": "baseline", "count": 2} in facets["keywords"]
+
+
+def test_capability_info_readme_says_how_to_select_it(dn: Dn) -> None:
+    text = ok(dn("capability", "info", "nop", "--readme")).stdout
+    assert "--capability nop" in text
+
+
+def test_an_unknown_capability_or_version_is_a_404(dn: Dn, server: LiveServer) -> None:
+    assert dn("capability", "info", "no-such-agent").returncode != 0
+    assert org_api(server, "GET", "/capabilities/no-such-agent")[0] == 404
+    assert org_api(server, "GET", "/capabilities/oracle/99.0.0")[0] == 404
+    assert org_api(server, "GET", "/capabilities/oracle/versions")[1]["versions"]

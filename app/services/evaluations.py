@@ -28,7 +28,13 @@ from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
 from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
-from infrastructure.tasks import Task, TaskCatalog, UnknownTask
+from infrastructure.tasks import (
+    Task,
+    TaskCatalog,
+    UnknownTask,
+    environment_name,
+    reserved_environment,
+)
 
 SUPPORTED_KINDS = ("security_task_benchmark",)
 CONFLICT_RETRIES = 5
@@ -172,6 +178,18 @@ class EvaluationService:
                         loc, f"task {ref!r} has no verification config", "unverifiable_task"
                     )
                 )
+                continue
+            missing = _missing_variables(task, variables, request.task_config or {})
+            for name in missing:
+                errors.append(
+                    _field_error(
+                        loc,
+                        f"{_entry(loc)} lacks variable {name!r}: task {task.ref} uses "
+                        f"{{{{ {name} }}}}; give it in the dataset row or task_config",
+                        "missing_variable",
+                    )
+                )
+            if missing:
                 continue
             timeout_sec, timeout_source = self._timeout_of(request, task)
             specs.append(
@@ -329,6 +347,24 @@ class EvaluationService:
         )
 
 
+def _missing_variables(
+    task: Task, variables: dict[str, Any], task_config: dict[str, Any]
+) -> list[str]:
+    """Template variables the task uses that neither the row, task_config nor its services
+    give. A task with a provision script is not checked: its output may give any name."""
+    if task.provision is not None:
+        return []
+    given = set(variables) | set(task_config) | task.service_variable_names()
+    return sorted(task.template_names() - given)
+
+
+def _entry(loc: Sequence[str | int]) -> str:
+    """How an error names the request entry at `loc`: `dataset row 2`, `task_names[0]`."""
+    if "dataset" in loc:
+        return f"dataset row {loc[-1]}"
+    return f"task_names[{loc[-1]}]"
+
+
 def _field_error(loc: Sequence[str | int], msg: str, type: str = "value_error") -> FieldError:
     return FieldError(loc=list(loc), msg=msg, type=type)
 
@@ -378,5 +414,16 @@ def _dataset_rows(
             errors.append(
                 _field_error([*loc, key], "row variables must be strings, numbers or null")
             )
+        for key in variables:
+            env_name = environment_name(key)
+            if reserved_environment(env_name):
+                errors.append(
+                    _field_error(
+                        [*loc, key],
+                        f"row variable {key!r} would replace the sandbox's {env_name} "
+                        "environment variable; rename it",
+                        "reserved_variable",
+                    )
+                )
         rows.append((loc, task_name, variables))
     return rows

@@ -56,6 +56,7 @@ from infrastructure.tasks import (
     TaskScriptOutputError,
     UnknownTask,
     parse_provision_output,
+    variables_environment,
 )
 from infrastructure.work_queue import WorkQueue
 
@@ -168,12 +169,20 @@ class ItemRunner:
         ending: it.AnyItemEvent | None = None
         try:
             task = self.catalog.resolve(job.item.task_ref)
-            sandbox = await self._provision(job, task)
-            await self._setup(sandbox, task, deadline)
-            scripts_env = {**job.secrets_env, **task.service_environment(sandbox.endpoints())}
+            # Dataset row variables over task_config: template values, and environment
+            # variables of every process of the item (secrets and services win a clash).
+            variables = {**config.task_config, **job.item.variables}
+            variables_env = variables_environment(variables)
+            sandbox = await self._provision(job, task, variables_env)
+            await self._setup(sandbox, task, deadline, variables)
+            scripts_env = {
+                **variables_env,
+                **job.secrets_env,
+                **task.service_environment(sandbox.endpoints()),
+            }
             provided = await self._provision_script(task, sandbox, deadline, scripts_env)
             outcome = await self._run_agent(
-                job, task, sandbox, deadline, redactions, provided, scripts_env
+                job, task, sandbox, deadline, redactions, {**variables, **provided}, scripts_env
             )
             # The agent's turn is over: every process it started dies before anything is
             # verified, however it detached, so nothing it left can touch what is checked.
@@ -245,7 +254,9 @@ class ItemRunner:
 
     # ---- phases ----
 
-    async def _provision(self, job: ItemJob, task: Task) -> Sandbox:
+    async def _provision(
+        self, job: ItemJob, task: Task, variables_env: Mapping[str, str]
+    ) -> Sandbox:
         problems = task.service_problems(job.provider.name)
         if problems:
             raise TaskUnrunnable("; ".join(problems))
@@ -254,7 +265,7 @@ class ItemRunner:
             worker_id=job.handle.worker_id,
             egress=egress_policy(task.egress_allow, job.evaluation.config.egress_overrides),
             services=task.services,
-            env=dict(job.secrets_env),
+            env={**variables_env, **job.secrets_env},
         )
         sandbox = await job.provider.provision(spec)
         job.sandbox = sandbox
@@ -298,10 +309,13 @@ class ItemRunner:
         except SandboxError as exc:
             log.warning("task_teardown_failed", task=task.ref, error=str(exc))
 
-    async def _setup(self, sandbox: Sandbox, task: Task, deadline: Deadline) -> None:
-        if not task.setup:
+    async def _setup(
+        self, sandbox: Sandbox, task: Task, deadline: Deadline, variables: Mapping[str, object]
+    ) -> None:
+        setup = task.render_setup(variables)
+        if not setup:
             return
-        result = await sandbox.run(task.setup, timeout_sec=deadline.remaining())
+        result = await sandbox.run(setup, timeout_sec=deadline.remaining())
         if result.timed_out:
             deadline.remaining()  # past the item deadline: timed_out, else the setup hung
             raise SandboxError("task setup did not finish in time")
@@ -317,9 +331,10 @@ class ItemRunner:
         sandbox: Sandbox,
         deadline: Deadline,
         redactions: tuple[str, ...],
-        provided: Mapping[str, str],
+        variables: Mapping[str, object],
         scripts_env: Mapping[str, str],
     ) -> AgentOutcome:
+        """`variables`: the template values (row, task_config, provision's output)."""
         session_id = str(uuid.uuid4())
         await self._record(
             job,
@@ -331,7 +346,6 @@ class ItemRunner:
             ),
         )
         config = job.evaluation.config
-        variables = {**config.task_config, **job.item.variables, **provided}
         context = AgentContext(
             task=task,
             instruction=task.render_instruction(variables, sandbox.endpoints()),

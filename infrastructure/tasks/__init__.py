@@ -28,7 +28,10 @@ from infrastructure.tasks.model import (
     TaskScript,
     TaskScriptOutputError,
     Verification,
+    environment_name,
     parse_provision_output,
+    reserved_environment,
+    variables_environment,
     version_key,
 )
 
@@ -50,8 +53,11 @@ __all__ = [
     "UnknownTask",
     "Verification",
     "check_bundles",
+    "environment_name",
     "load_bundle",
     "load_catalog",
     "parse_provision_output",
+    "reserved_environment",
+    "variables_environment",
     "version_key",
 ]

@@ -6,6 +6,7 @@ variables."""
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,76 @@ def templated_task(root: Path) -> Path:
     return folder
 
 
+def service_task(root: Path) -> Path:
+    """A dn-format task whose service answers with its own $WORD, whose provision refuses to
+    run without $WORD, whose solution appends its own $WORD to the service's answer, and whose
+    checker (where: agent) wants "$WORD:$WORD": it passes only if the row's variables reached
+    the service, provision, the solution and the checker."""
+    folder = root / "row-service"
+    (folder / "web").mkdir(parents=True)
+    (folder / "web" / "server.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+            class Handler(BaseHTTPRequestHandler):
+                def do_GET(self):
+                    body = os.environ.get("WORD", "").encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+            """
+        )
+    )
+    (folder / "task.yaml").write_text(
+        textwrap.dedent(
+            """
+            name: row-service
+            version: 1.0.0
+            instruction: Ask {{web_url}} for the word and note it with {{ greeting }}.
+            verification: {method: script, script: verify.sh, where: agent}
+            ports: {web: [8080]}
+            solution: {script: solution.sh}
+            provision: {script: provision.sh}
+            """
+        )
+    )
+    (folder / "docker-compose.yaml").write_text(
+        textwrap.dedent(
+            """
+            services:
+              web:
+                build: ./web
+                ports: ["8080"]
+                environment: {PORT: "8080"}
+                x-assay: {command: python3 server.py}
+            """
+        )
+    )
+    (folder / "provision.sh").write_text(
+        '#!/usr/bin/env bash\nset -eu\ntest -n "$WORD"\necho \'{"greeting": "hello"}\'\n'
+    )
+    (folder / "solution.sh").write_text(
+        "#!/usr/bin/env bash\nset -eu\n"
+        "answer=$(python3 -c 'import os, urllib.request; "
+        'print(urllib.request.urlopen(os.environ["WEB_URL"], timeout=10).read().decode())\')\n'
+        'printf \'%s:%s\' "$answer" "$WORD" > answer.txt\n'
+    )
+    (folder / "verify.sh").write_text(
+        '#!/usr/bin/env bash\ntest -n "$WORD" && test "$(cat answer.txt)" = "$WORD:$WORD"\n'
+    )
+    return folder
+
+
 @pytest.fixture
 def bundles(tmp_path: Path) -> Path:
     folder = tmp_path / "bundles"
     templated_task(folder)
+    service_task(folder)
     return folder
 
 
@@ -115,6 +182,39 @@ def test_rows_reach_setup_solution_and_checker_and_the_item_shows_them(service: 
         {"folder": "alpha", "word": "apple"},
         {"folder": "beta/deeper", "word": "banana split"},
     ]
+
+
+def test_rows_reach_the_services_and_provision_of_a_dn_task(service: Start) -> None:
+    engine = service()
+    rows = [
+        {"task_name": "row-service", "word": "quince"},
+        {"task_name": "row-service", "word": "damson"},
+    ]
+    created = engine.create(name="svc", capability="oracle", task_names=None, dataset=rows)
+
+    done = engine.wait(created["id"], timeout=90)
+
+    items = engine.items(created["id"])
+    assert done["status"] == "completed", [(i["status"], i["error"]) for i in items]
+    assert [i["status"] for i in items] == ["passed", "passed"]
+
+
+def test_a_dn_task_without_the_row_variable_fails_in_provision(service: Start) -> None:
+    # {{ greeting }} comes from provision, so create cannot know it is missing; the row gives
+    # no WORD, so provision fails and the item ends errored rather than running blind.
+    engine = service()
+    created = engine.create(
+        name="svc-none",
+        capability="oracle",
+        task_names=None,
+        dataset=[{"task_name": "row-service"}],
+    )
+
+    engine.wait(created["id"], timeout=90)
+
+    [item] = engine.items(created["id"])
+    assert item["status"] == "errored"
+    assert "provision script failed" in item["error"]
 
 
 def test_a_checker_sees_the_row_of_its_own_item(service: Start, bundles: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from app.errors import ApiError
 from app.services.evaluations import CommandContext, actor_of
@@ -24,7 +25,7 @@ from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.protocol import IsolationLevel, SandboxError
 from infrastructure.settings import Settings
 
-SandboxState = str  # running | kept | killed
+SandboxState = Literal["running", "kept", "killed"]
 
 
 def sandbox_state(item: ItemView) -> SandboxState:
@@ -81,14 +82,20 @@ class SandboxService:
             )
         location = str(item.metadata_json.get("sandbox", {}).get("location", ""))
         local = self._local_provider()
-        for meta in local.sandboxes():
-            if meta.item_id == item.id and meta.kept:
-                try:
-                    await local.discard(meta.id)
-                except SandboxError as exc:
-                    raise ApiError(500, f"cannot remove sandbox {meta.id}: {exc}") from exc
-        # Recorded even when its files were already gone (an operator removed them by hand):
-        # either way the item no longer has a kept sandbox.
+        kept = [m for m in local.sandboxes() if m.item_id == item.id and m.kept]
+        if not kept:
+            # Never record a removal that did not happen: the sandbox lives where its worker
+            # ran, which may be another machine (or this server has another sandbox root).
+            raise ApiError(
+                409,
+                f"the kept sandbox of item {item.id} ({location}) is not under this server's "
+                "sandbox root; delete it through a server on the machine its worker ran on",
+            )
+        for meta in kept:
+            try:
+                await local.discard(meta.id)
+            except SandboxError as exc:
+                raise ApiError(500, f"cannot remove sandbox {meta.id}: {exc}") from exc
         event = it.ItemSandboxDiscarded(
             item_id=item.id, evaluation_id=item.evaluation_id, location=location
         )

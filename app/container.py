@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import Authenticator
 from app.services.evaluations import EvaluationService
 from app.services.registry import RegistryService
+from app.services.sandboxes import SandboxService
 from app.services.task_sets import TaskSetService
 from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
@@ -45,6 +46,7 @@ class Container:
     authenticator: Authenticator
     catalog: TaskCatalog
     evaluations: EvaluationService
+    sandboxes: SandboxService
     queue: WorkQueue
     registry: RegistryService
     bundles: BundleSource
@@ -59,6 +61,11 @@ class Container:
         queries = ReadModelQueries(engine, cache)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
+        for problem in catalog.problems:
+            # One line per bundle left out, so an operator sees a typo at start, not at create.
+            log.warning(
+                "task_bundle_problem", task=problem.name, path=problem.path, error=problem.error
+            )
         queue = WorkQueue(engine)
         blobs = BlobStore(engine)
         bundles = BundleSource(blobs, BundleCache(Path(settings.bundle_cache)))
@@ -87,6 +94,7 @@ class Container:
                 tasks=registry,
                 task_sets=task_sets,
             ),
+            sandboxes=SandboxService(store=store, queries=queries, settings=settings),
             queue=queue,
             registry=registry,
             bundles=bundles,

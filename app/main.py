@@ -15,10 +15,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ControllerRouterHandler
 
+from app.api.capabilities import CapabilityController
 from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
 from app.api.oci import ClientRegistryController, RegistryController
+from app.api.runtimes import RuntimeController
+from app.api.sandboxes import SandboxController
 from app.api.scope import ScopeController
+from app.api.task_problems import TaskProblemController
 from app.api.task_sets import TaskSetController
 from app.api.tasks import TaskController
 from app.auth import raw_key_of
@@ -36,6 +40,10 @@ ROUTES: list[ControllerRouterHandler] = [
     TaskSetController,
     RegistryController,
     ClientRegistryController,
+    SandboxController,
+    RuntimeController,
+    CapabilityController,
+    TaskProblemController,
     health,
     ready,
 ]

@@ -65,6 +65,9 @@ class ItemSpec(msgspec.Struct, frozen=True, kw_only=True):
     variables: items.Variables = {}
     # sha256 of the task bundle's layer: the exact bytes every attempt of the item runs.
     bundle_digest: str | None = None
+    # The item's wall-clock bound and which setting gave it (resolved at create).
+    timeout_sec: int | None = None
+    timeout_source: items.TimeoutSource | None = None
 
 
 # ---- commands ----
@@ -281,6 +284,8 @@ def _create(state: EvaluationState | None, command: CreateEvaluation) -> list[An
             variables=spec.variables,
             max_retries=config.max_retries,
             bundle_digest=spec.bundle_digest,
+            timeout_sec=spec.timeout_sec,
+            timeout_source=spec.timeout_source,
         )
         for position, spec in enumerate(command.items, start=1)
     ]

@@ -49,6 +49,9 @@ FORWARD: dict[ItemStatus, ItemStatus] = {
 }
 
 Variables = dict[str, str | int | float | bool | None]
+# Which setting bounded an item: the evaluation's task_timeout_sec, the task's own
+# timeout_sec, or the service default.
+TimeoutSource = Literal["evaluation", "task", "default"]
 
 
 # ---- events (each carries its evaluation so history can be gathered per evaluation) ----
@@ -68,6 +71,10 @@ class ItemQueued(ItemEvent, frozen=True, tag="item.queued"):
     max_retries: int = 0
     # sha256 of the task bundle's layer, fixed at create: every attempt runs these bytes.
     bundle_digest: str | None = None
+    # None in items queued before timeouts were resolved per item: the evaluation's
+    # task_timeout_sec applies to them.
+    timeout_sec: int | None = None
+    timeout_source: TimeoutSource | None = None
 
 
 class ItemClaimed(ItemEvent, frozen=True, tag="item.claimed"):
@@ -136,6 +143,12 @@ class ItemSandboxKept(ItemEvent, frozen=True, tag="item.sandbox_kept"):
     location: str
 
 
+class ItemSandboxDiscarded(ItemEvent, frozen=True, tag="item.sandbox_discarded"):
+    """The kept sandbox of an ended item was removed (`DELETE .../sandboxes/{id}`)."""
+
+    location: str
+
+
 ITEM_EVENTS = (
     ItemQueued,
     ItemClaimed,
@@ -151,6 +164,7 @@ ITEM_EVENTS = (
     ItemRequeued,
     ItemLeaseRenewed,
     ItemSandboxKept,
+    ItemSandboxDiscarded,
 )
 AnyItemEvent = (
     ItemQueued
@@ -167,6 +181,7 @@ AnyItemEvent = (
     | ItemRequeued
     | ItemLeaseRenewed
     | ItemSandboxKept
+    | ItemSandboxDiscarded
 )
 
 
@@ -212,9 +227,11 @@ def status_after(current: ItemStatus, event: AnyItemEvent) -> ItemStatus:
         if current not in IN_FLIGHT:
             raise IllegalTransition(f"item is {current}; only an item in flight has a lease")
         return current
-    if isinstance(event, ItemSandboxKept):
+    if isinstance(event, ItemSandboxKept | ItemSandboxDiscarded):
         if current not in TERMINAL:
-            raise IllegalTransition(f"item is {current}; a sandbox is kept only once it ended")
+            raise IllegalTransition(
+                f"item is {current}; a sandbox is kept or discarded only once it ended"
+            )
         return current
     target = _target_status(event)
     if target in FORWARD:
@@ -256,7 +273,7 @@ def _target_status(event: AnyItemEvent) -> ItemStatus:
             return "queued" if will_retry else "infra_error"
         case ItemErrored():
             return "errored"
-        case ItemLeaseRenewed() | ItemSandboxKept():
+        case ItemLeaseRenewed() | ItemSandboxKept() | ItemSandboxDiscarded():
             pass
     raise TypeError(f"not an item event: {event!r}")
 

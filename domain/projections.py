@@ -169,7 +169,14 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
             variables=event.variables,
             max_retries=event.max_retries,
             bundle_digest=event.bundle_digest,
-            metadata_json={"bundle_digest": event.bundle_digest} if event.bundle_digest else {},
+            metadata_json={
+                **({"bundle_digest": event.bundle_digest} if event.bundle_digest else {}),
+                **(
+                    {"timeout": {"seconds": event.timeout_sec, "source": event.timeout_source}}
+                    if event.timeout_sec is not None
+                    else {}
+                ),
+            },
             queued_at=now,
             created_at=now,
             updated_at=now,
@@ -220,6 +227,15 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
                 "location": location,
             }
             changes["metadata_json"] = metadata
+        case it.ItemSandboxDiscarded(location=location):
+            metadata = dict(old.metadata_json)
+            metadata["sandbox"] = {
+                **metadata.get("sandbox", {}),
+                "kept": False,
+                "location": location,
+                "discarded_at": now,
+            }
+            changes["metadata_json"] = metadata
         case it.ItemRequeued():
             changes |= {
                 "passed": None,
@@ -230,7 +246,8 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
                 "verified_at": None,
                 "queued_at": now,
             }
-    if isinstance(event, it.ItemLeaseRenewed | it.ItemSandboxKept):  # no transition to count
+    # No transition to count:
+    if isinstance(event, it.ItemLeaseRenewed | it.ItemSandboxKept | it.ItemSandboxDiscarded):
         views.items[old.id] = msgspec.structs.replace(old, **changes)
         return
     if new_status == "queued" or new_status in it.TERMINAL:

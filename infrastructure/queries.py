@@ -160,6 +160,44 @@ class ReadModelQueries:
             ).scalar()
         return decode_item(doc) if doc is not None else None
 
+    async def sandbox_items(
+        self,
+        workspace_ids: Sequence[str],
+        *,
+        id_prefix: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[EvaluationView, ItemView]]:
+        """Items of the workspaces that had a sandbox (every status from provisioning on),
+        with their evaluations, most recently changed first; `id_prefix` narrows to item ids
+        starting with it."""
+        conditions: list[sa.ColumnElement[bool]] = [
+            evaluations.c.workspace_id.in_(list(workspace_ids)),
+            items.c.status.not_in(["queued", "claiming"]),
+        ]
+        if id_prefix is not None:
+            conditions.append(_prefix_range(items.c.id, id_prefix))
+        query = (
+            sa.select(evaluations.c.doc, items.c.doc)
+            .select_from(items.join(evaluations, items.c.evaluation_id == evaluations.c.id))
+            .where(*conditions)
+            .order_by(items.c.last_position.desc())
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        found: list[tuple[EvaluationView, ItemView]] = []
+        evaluation_views: dict[str, EvaluationView] = {}
+        for evaluation_doc, item_doc in rows:
+            item = decode_item(item_doc)
+            evaluation = evaluation_views.get(item.evaluation_id)
+            if evaluation is None:
+                evaluation = evaluation_views[item.evaluation_id] = decode_evaluation(
+                    evaluation_doc
+                )
+            found.append((evaluation, item))
+        return found
+
     async def evaluation_history(
         self, evaluation_id: str, *, after_position: int = 0, limit: int = 1000
     ) -> list[RecordedEvent]:

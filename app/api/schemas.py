@@ -18,30 +18,97 @@ from domain.task_sets import SkippedMember
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
+def _doc(description: str, **constraints: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=description, **constraints)
+
+
 class CreateEvaluationRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Unknown fields are ignored, never rejected: the client forwards manifest keys."""
 
-    name: Name
-    model: Name | None = None
-    kind: str = "security_task_benchmark"
-    task_names: list[str] | None = None
-    dataset: dict[str, Any] | list[Any] | None = None
-    task_set: str | None = None
-    task_config: dict[str, Any] | None = None
-    agent_type: str | None = None
-    capability: str | None = None
-    cleanup_policy: CleanupPolicy = "always"
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
-    task_timeout_sec: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    project_id: str | None = None
-    runtime_id: str | None = None
-    sandbox_provider: str | None = None
-    secret_ids: list[str] | None = None
-    engine: str | None = None
-    max_steps: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    judge_model: str | None = None
-    model_overrides: dict[str, Any] | None = None
-    egress_overrides: Any = None
+    name: Annotated[Name, _doc("Evaluation name, 1-255 characters.")]
+    model: Annotated[
+        Name | None,
+        _doc(
+            "Model the agent uses (1-255 characters); required unless capability is given. "
+            "A bare model selects the openai agent."
+        ),
+    ] = None
+    kind: Annotated[str, _doc("Only security_task_benchmark.")] = "security_task_benchmark"
+    task_names: Annotated[
+        list[str] | None,
+        _doc("Task refs [org/]name[@version], one item each; wins over dataset."),
+    ] = None
+    dataset: Annotated[
+        dict[str, Any] | list[Any] | None,
+        _doc(
+            'One item per row: {"rows": [{"task_name": ..., <variable>: str|number|bool|null}]}'
+            " or a bare list of rows. Other keys are the row's variables: they fill the task's "
+            "{{ variable }} templates (instruction, setup) and are environment variables "
+            "(upper-cased, e.g. folder -> FOLDER) of the item's sandbox, services and task "
+            "scripts. A row lacking a variable its task's templates use is refused."
+        ),
+    ] = None
+    task_set: Annotated[
+        str | None, _doc("<org>/<name> of a task set; not available on this service.")
+    ] = None
+    task_config: Annotated[
+        dict[str, Any] | None,
+        _doc(
+            "Variables for every item, under each dataset row's own (templates and, for "
+            "scalar values, environment variables)."
+        ),
+    ] = None
+    agent_type: Annotated[str | None, _doc("Agent that runs the items: oracle, nop or openai.")] = (
+        None
+    )
+    capability: Annotated[
+        str | None, _doc("Same as agent_type (what dn's --capability sends).")
+    ] = None
+    cleanup_policy: Annotated[
+        CleanupPolicy,
+        _doc("always (default), or on_success: keep the sandbox of items that did not pass."),
+    ] = "always"
+    concurrency: Annotated[
+        int, _doc("Most items of this evaluation in flight at once, 1-100.", ge=1, le=100)
+    ] = 1
+    task_timeout_sec: Annotated[
+        Annotated[int, msgspec.Meta(ge=1)] | None,
+        _doc(
+            "Wall-clock bound per item in seconds (>= 1). When absent each item uses its "
+            "task's own timeout_sec, else the service default; the item's "
+            "metadata_json.timeout says which applied."
+        ),
+    ] = None
+    project_id: Annotated[
+        str | None, _doc("Project of the workspace (uuid); 404 when it is not there.")
+    ] = None
+    runtime_id: Annotated[
+        str | None,
+        _doc("Runtime of the workspace (uuid) whose base_url serves the openai agent's model."),
+    ] = None
+    sandbox_provider: Annotated[
+        str | None, _doc("Registered sandbox provider: local (default) or docker.")
+    ] = None
+    secret_ids: Annotated[
+        list[str] | None,
+        _doc("Your secrets (uuids) injected into the sandbox environment, redacted from output."),
+    ] = None
+    engine: Annotated[str | None, _doc("Stored and shown; Assay does not act on it.")] = None
+    max_steps: Annotated[
+        Annotated[int, msgspec.Meta(ge=1)] | None,
+        _doc("The openai agent's generation budget (>= 1)."),
+    ] = None
+    judge_model: Annotated[str | None, _doc("Stored and shown; Assay does not act on it.")] = None
+    model_overrides: Annotated[
+        dict[str, Any] | None, _doc("Stored and shown; Assay does not act on it.")
+    ] = None
+    egress_overrides: Annotated[
+        Any,
+        _doc(
+            "Egress allow-list added to each task's egress.allow (FQDN, *.suffix, IP, CIDR); "
+            "[] differs from absent."
+        ),
+    ] = None
 
 
 class CreatedByUser(msgspec.Struct, frozen=True):
@@ -111,6 +178,8 @@ class ItemResponse(msgspec.Struct, frozen=True, kw_only=True):
     task_name_snapshot: str
     task_ref: str
     model: str | None
+    # The dataset row's variables (template values and environment variables of the run).
+    variables: dict[str, Any]
     passed: bool | None
     error: str | None
     result_json: dict[str, Any] | None
@@ -229,6 +298,7 @@ def item_response(view: ItemView) -> ItemResponse:
         task_name_snapshot=view.task_name_snapshot,
         task_ref=view.task_ref,
         model=view.model,
+        variables=dict(view.variables),
         passed=view.passed,
         error=view.error,
         result_json=view.result_json,

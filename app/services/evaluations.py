@@ -30,7 +30,13 @@ from infrastructure.readmodels import fold
 from infrastructure.registry.bundles import ResolvedTask
 from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
-from infrastructure.tasks import TaskCatalog, UnknownTask
+from infrastructure.tasks import (
+    Task,
+    TaskCatalog,
+    UnknownTask,
+    environment_name,
+    reserved_environment,
+)
 
 SUPPORTED_KINDS = ("security_task_benchmark",)
 CONFLICT_RETRIES = 5
@@ -193,7 +199,9 @@ class EvaluationService:
             try:
                 resolved = await self._resolve(ctx.org_id, ref)
             except UnknownTask:
-                errors.append(_field_error(loc, f"unknown task {ref!r}", "unknown_task"))
+                close = self.catalog.suggest(ref)
+                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                errors.append(_field_error(loc, f"unknown task {ref!r}{hint}", "unknown_task"))
                 continue
             task = resolved.task
             if not task.has_verification:
@@ -203,6 +211,19 @@ class EvaluationService:
                     )
                 )
                 continue
+            missing = _missing_variables(task, variables, request.task_config or {})
+            for name in missing:
+                errors.append(
+                    _field_error(
+                        loc,
+                        f"{_entry(loc)} lacks variable {name!r}: task {task.ref} uses "
+                        f"{{{{ {name} }}}}; give it in the dataset row or task_config",
+                        "missing_variable",
+                    )
+                )
+            if missing:
+                continue
+            timeout_sec, timeout_source = self._timeout_of(request, task)
             specs.append(
                 ev.ItemSpec(
                     item_id=self.new_id(),
@@ -210,6 +231,8 @@ class EvaluationService:
                     task_ref=resolved.ref,
                     variables=variables,
                     bundle_digest=resolved.digest,
+                    timeout_sec=timeout_sec,
+                    timeout_source=timeout_source,
                 )
             )
         return specs
@@ -242,6 +265,17 @@ class EvaluationService:
             return await self.tasks.resolve(org_id, ref)
         task = self.catalog.resolve(ref)
         return ResolvedTask(task=task, ref=task.ref, digest=None, source="catalog")
+
+    def _timeout_of(
+        self, request: CreateEvaluationRequest, task: Task
+    ) -> tuple[int, it.TimeoutSource]:
+        """The evaluation's task_timeout_sec when given, else the task's own timeout_sec,
+        else the service default."""
+        if request.task_timeout_sec is not None:
+            return request.task_timeout_sec, "evaluation"
+        if task.timeout_sec is not None:
+            return task.timeout_sec, "task"
+        return self.settings.default_task_timeout_sec, "default"
 
     def _check_openai_endpoint(
         self, request: CreateEvaluationRequest, runtime: Runtime | None
@@ -393,6 +427,24 @@ class EvaluationService:
         )
 
 
+def _missing_variables(
+    task: Task, variables: dict[str, Any], task_config: dict[str, Any]
+) -> list[str]:
+    """Template variables the task uses that neither the row, task_config nor its services
+    give. A task with a provision script is not checked: its output may give any name."""
+    if task.provision is not None:
+        return []
+    given = set(variables) | set(task_config) | task.service_variable_names()
+    return sorted(task.template_names() - given)
+
+
+def _entry(loc: Sequence[str | int]) -> str:
+    """How an error names the request entry at `loc`: `dataset row 2`, `task_names[0]`."""
+    if "dataset" in loc:
+        return f"dataset row {loc[-1]}"
+    return f"task_names[{loc[-1]}]"
+
+
 def _field_error(loc: Sequence[str | int], msg: str, type: str = "value_error") -> FieldError:
     return FieldError(loc=list(loc), msg=msg, type=type)
 
@@ -442,5 +494,16 @@ def _dataset_rows(
             errors.append(
                 _field_error([*loc, key], "row variables must be strings, numbers or null")
             )
+        for key in variables:
+            env_name = environment_name(key)
+            if reserved_environment(env_name):
+                errors.append(
+                    _field_error(
+                        [*loc, key],
+                        f"row variable {key!r} would replace the sandbox's {env_name} "
+                        "environment variable; rename it",
+                        "reserved_variable",
+                    )
+                )
         rows.append((loc, task_name, variables))
     return rows

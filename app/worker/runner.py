@@ -2,7 +2,9 @@
 
     claiming -> provisioning -> agent_running -> agent_finished -> verifying -> verdict
 
-The deadline (`task_timeout_sec` from the claim) bounds every sandbox command and the agent;
+The deadline (the item's timeout from the claim: the evaluation's `task_timeout_sec`, else the
+task's own `timeout_sec`, else the default, as resolved at create and recorded in
+`metadata_json.timeout`) bounds every sandbox command and the agent;
 past it the item ends `timed_out` and the sandbox's process tree is killed. Sandbox and model
 endpoint failures that may pass (429, 5xx, unreachable) end in `infra_error` (retried with backoff
 while retries are left). What no retry can change ends in `errored` at once, never `failed` (no
@@ -59,6 +61,7 @@ from infrastructure.tasks import (
     TaskScriptOutputError,
     UnknownTask,
     parse_provision_output,
+    variables_environment,
 )
 from infrastructure.work_queue import WorkQueue
 
@@ -170,7 +173,8 @@ class ItemRunner:
 
     async def _phases(self, job: ItemJob) -> None:
         config = job.evaluation.config
-        deadline = Deadline(config.task_timeout_sec)
+        timeout_sec, timeout_source = item_timeout(job.item, config.task_timeout_sec)
+        deadline = Deadline(timeout_sec)
         redactions = tuple(job.secrets_env.values())
         # Events that go into the ending's append: the agent's finish when nothing that takes
         # time follows it (an in-process flag check, or a deadline already passed). One append
@@ -179,12 +183,20 @@ class ItemRunner:
         ending: it.AnyItemEvent | None = None
         try:
             task = await self._task(job)
-            sandbox = await self._provision(job, task)
-            await self._setup(sandbox, task, deadline)
-            scripts_env = {**job.secrets_env, **task.service_environment(sandbox.endpoints())}
+            # Dataset row variables over task_config: template values, and environment
+            # variables of every process of the item (secrets and services win a clash).
+            variables = {**config.task_config, **job.item.variables}
+            variables_env = variables_environment(variables)
+            sandbox = await self._provision(job, task, variables_env)
+            await self._setup(sandbox, task, deadline, variables)
+            scripts_env = {
+                **variables_env,
+                **job.secrets_env,
+                **task.service_environment(sandbox.endpoints()),
+            }
             provided = await self._provision_script(task, sandbox, deadline, scripts_env)
             outcome = await self._run_agent(
-                job, task, sandbox, deadline, redactions, provided, scripts_env
+                job, task, sandbox, deadline, redactions, {**variables, **provided}, scripts_env
             )
             # The agent's turn is over: every process it started dies before anything is
             # verified, however it detached, so nothing it left can touch what is checked.
@@ -231,7 +243,7 @@ class ItemRunner:
             ending = it.ItemTimedOut(
                 item_id=job.item.id,
                 evaluation_id=config_id(job),
-                error=f"task_timeout_sec ({config.task_timeout_sec}s) exceeded",
+                error=f"{TIMEOUT_NAMES[timeout_source]} ({timeout_sec}s) exceeded",
             )
         except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError, AgentErrored) as exc:
             ending = it.ItemErrored(
@@ -279,7 +291,9 @@ class ItemRunner:
 
     # ---- phases ----
 
-    async def _provision(self, job: ItemJob, task: Task) -> Sandbox:
+    async def _provision(
+        self, job: ItemJob, task: Task, variables_env: Mapping[str, str]
+    ) -> Sandbox:
         problems = task.service_problems(job.provider.name)
         if problems:
             raise TaskUnrunnable("; ".join(problems))
@@ -288,7 +302,7 @@ class ItemRunner:
             worker_id=job.handle.worker_id,
             egress=egress_policy(task.egress_allow, job.evaluation.config.egress_overrides),
             services=task.services,
-            env=dict(job.secrets_env),
+            env={**variables_env, **job.secrets_env},
         )
         sandbox = await job.provider.provision(spec)
         job.sandbox = sandbox
@@ -332,10 +346,13 @@ class ItemRunner:
         except SandboxError as exc:
             log.warning("task_teardown_failed", task=task.ref, error=str(exc))
 
-    async def _setup(self, sandbox: Sandbox, task: Task, deadline: Deadline) -> None:
-        if not task.setup:
+    async def _setup(
+        self, sandbox: Sandbox, task: Task, deadline: Deadline, variables: Mapping[str, object]
+    ) -> None:
+        setup = task.render_setup(variables)
+        if not setup:
             return
-        result = await sandbox.run(task.setup, timeout_sec=deadline.remaining())
+        result = await sandbox.run(setup, timeout_sec=deadline.remaining())
         if result.timed_out:
             deadline.remaining()  # past the item deadline: timed_out, else the setup hung
             raise SandboxError("task setup did not finish in time")
@@ -351,9 +368,10 @@ class ItemRunner:
         sandbox: Sandbox,
         deadline: Deadline,
         redactions: tuple[str, ...],
-        provided: Mapping[str, str],
+        variables: Mapping[str, object],
         scripts_env: Mapping[str, str],
     ) -> AgentOutcome:
+        """`variables`: the template values (row, task_config, provision's output)."""
         session_id = str(uuid.uuid4())
         await self._record(
             job,
@@ -368,7 +386,6 @@ class ItemRunner:
         # can be read while the agent runs; see app/worker/live_transcript.py.
         live = LiveTranscript(self.queue, session_id, job.item.id)
         config = job.evaluation.config
-        variables = {**config.task_config, **job.item.variables, **provided}
         context = AgentContext(
             task=task,
             instruction=task.render_instruction(variables, sandbox.endpoints()),
@@ -507,6 +524,25 @@ def log_ending(job: ItemJob, event: it.AnyItemEvent) -> None:
             log.warning("item_timed_out", **where, error=error)
         case _:
             pass
+
+
+# What each timeout source is called in a timed-out item's error.
+TIMEOUT_NAMES: dict[str, str] = {
+    "evaluation": "task_timeout_sec",
+    "task": "the task's timeout_sec",
+    "default": "the default task timeout",
+}
+
+
+def item_timeout(item: ItemView, evaluation_timeout_sec: int) -> tuple[int, str]:
+    """The item's wall-clock bound in seconds and its source, as recorded at create; items
+    queued before that was recorded run under the evaluation's task_timeout_sec."""
+    recorded = item.metadata_json.get("timeout")
+    if isinstance(recorded, dict):
+        seconds, source = recorded.get("seconds"), recorded.get("source")
+        if isinstance(seconds, int) and seconds >= 1 and source in TIMEOUT_NAMES:
+            return seconds, str(source)
+    return evaluation_timeout_sec, "evaluation"
 
 
 def config_id(job: ItemJob) -> str:

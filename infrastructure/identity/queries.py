@@ -56,6 +56,8 @@ ROLES_OF_USER = sa.select(memberships.c.org_id, memberships.c.role).where(
 PROJECT_BY_ID = _one_by(projects, "workspace_id", "id")
 PROJECT_BY_KEY = _one_by(projects, "workspace_id", "key")
 RUNTIME_BY_ID = _one_by(runtimes, "workspace_id", "id")
+RUNTIME_BY_NAME = _one_by(runtimes, "workspace_id", "name")
+RUNTIMES_OF_WS = _one_by(runtimes, "workspace_id").order_by(runtimes.c.name)
 # Listings never select the hash: nothing derived from a key leaves the store.
 KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]
 KEYS_OF_USER = (

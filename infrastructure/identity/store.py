@@ -179,6 +179,17 @@ class IdentityStore(KeyStore, SecretVault):
         row = await self._fetch_one(q.RUNTIME_BY_ID, p_workspace_id=workspace_id, p_id=runtime_id)
         return None if row is None else Runtime(**row)
 
+    async def get_runtime_by_name(self, workspace_id: str, name: str) -> Runtime | None:
+        row = await self._fetch_one(q.RUNTIME_BY_NAME, p_workspace_id=workspace_id, p_name=name)
+        return None if row is None else Runtime(**row)
+
+    async def list_runtimes(self, workspace_id: str) -> list[Runtime]:
+        """The workspace's runtimes by name."""
+        return [
+            Runtime(**row)
+            for row in await self._fetch_all(q.RUNTIMES_OF_WS, p_workspace_id=workspace_id)
+        ]
+
 
 def _default_project(workspace_id: str, now: str) -> Project:
     return Project(

@@ -13,6 +13,7 @@ from infrastructure.tasks.catalog import (
     TaskCatalog,
     TaskProblem,
     UnknownTask,
+    check_bundles,
     load_bundle,
     load_catalog,
 )
@@ -27,7 +28,10 @@ from infrastructure.tasks.model import (
     TaskScript,
     TaskScriptOutputError,
     Verification,
+    environment_name,
     parse_provision_output,
+    reserved_environment,
+    variables_environment,
     version_key,
 )
 
@@ -48,8 +52,12 @@ __all__ = [
     "TaskScriptOutputError",
     "UnknownTask",
     "Verification",
+    "check_bundles",
+    "environment_name",
     "load_bundle",
     "load_catalog",
     "parse_provision_output",
+    "reserved_environment",
+    "variables_environment",
     "version_key",
 ]

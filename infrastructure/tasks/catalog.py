@@ -7,6 +7,7 @@ the service down nor let a broken task be scheduled.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +31,11 @@ class TaskProblem(msgspec.Struct, frozen=True):
 
     path: str
     error: str
+
+    @property
+    def name(self) -> str:
+        """The bundle's folder name: what an operator looks for."""
+        return Path(self.path).name
 
 
 class UnknownTask(Exception):
@@ -74,6 +80,12 @@ class TaskCatalog:
             raise UnknownTask(ref)
         self._resolved[ref] = task
         return task
+
+    def suggest(self, ref: str, limit: int = 3) -> list[str]:
+        """Known task names closest to the name part of `ref` (difflib), best first."""
+        match = _REF.match(ref.strip())
+        wanted = match.group("name") if match else ref.strip()
+        return difflib.get_close_matches(wanted, self.names(), n=limit, cutoff=0.6)
 
     def names(self) -> list[str]:
         """The distinct task names, sorted."""
@@ -138,3 +150,23 @@ def load_catalog(extra_paths: Sequence[str | os.PathLike[str]] = ()) -> TaskCata
                 continue
             tasks[task.ref] = task
     return TaskCatalog(tasks.values(), problems)
+
+
+def check_bundles(roots: Sequence[str | os.PathLike[str]]) -> tuple[list[Task], list[TaskProblem]]:
+    """Load the bundles of `roots` (each a bundle or a folder of bundles) the way the catalog
+    does, without the shipped ones: what loads, and every problem (duplicates included)."""
+    tasks: dict[str, Task] = {}
+    problems: list[TaskProblem] = []
+    for root in (Path(p) for p in roots):
+        for folder in _bundle_folders(root, problems):
+            try:
+                task = load_bundle(folder)
+            except TaskBundleError as exc:
+                problems.append(TaskProblem(str(folder), str(exc)))
+                continue
+            if task.ref in tasks:
+                first = tasks[task.ref].bundle_dir
+                problems.append(TaskProblem(str(folder), f"duplicate {task.ref}, kept {first}"))
+                continue
+            tasks[task.ref] = task
+    return list(tasks.values()), problems

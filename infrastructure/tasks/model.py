@@ -304,6 +304,28 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
                 variables[f"{name}_url_{endpoint.port}"] = endpoint.url
         return variables
 
+    def template_names(self) -> frozenset[str]:
+        """The `{{ var }}` names the task's templates use: the instruction and the Assay
+        format's `setup` text."""
+        texts = (self.instruction, self.setup or "")
+        return frozenset(name for text in texts for name in _PLACEHOLDER.findall(text))
+
+    def service_variable_names(self) -> frozenset[str]:
+        """The template variables the services give at run time (`service_variables`): a
+        row need not supply them."""
+        names: set[str] = set()
+        for service in self.services:
+            names |= {f"{service.name}_url", f"{service.name}_host", f"{service.name}_port"}
+            names |= {f"{service.name}_url_{port}" for port in self.ports.get(service.name, ())}
+        return frozenset(names)
+
+    def render_setup(self, variables: Mapping[str, object]) -> str | None:
+        """The Assay format's `setup` with `{{ var }}` filled like the instruction (no service
+        variables: setup runs before the agent, in its own sandbox)."""
+        if self.setup is None:
+            return None
+        return _fill(self.setup, dict(variables))
+
     def service_environment(self, endpoints: Mapping[str, ServiceEndpoint]) -> dict[str, str]:
         """`service_variables` as environment variables (`web_url` -> `WEB_URL`), the way the
         client hands them to solution, verification, provision and teardown scripts."""
@@ -329,15 +351,57 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
         merged: dict[str, object] = dict(variables)
         if endpoints:
             merged.update(self.service_variables(endpoints))
+        return _fill(self.instruction, merged)
 
-        def fill(match: re.Match[str]) -> str:
-            key = match.group(1)
-            if key not in merged:
-                return match.group(0)
-            value = merged[key]
-            return "" if value is None else str(value)
 
-        return _PLACEHOLDER.sub(fill, self.instruction)
+def _fill(template: str, values: Mapping[str, object]) -> str:
+    """One pass of `{{ var }}` filling: unknown names stay as written, None becomes ""."""
+
+    def fill(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            return match.group(0)
+        value = values[key]
+        return "" if value is None else str(value)
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+# Environment names a dataset variable may not take: the sandbox sets them itself, or they
+# change how every shell and program behaves.
+RESERVED_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "LANG", "USER", "TMPDIR", "SHELL", "PWD", "IFS", "ENV", "BASH_ENV"}
+)
+RESERVED_ENVIRONMENT_PREFIXES = ("LD_", "BASH_FUNC_")
+
+
+def environment_name(variable: str) -> str:
+    """A template variable's environment name: upper-cased, anything but letters, digits and
+    `_` as `_` (`web-url` -> `WEB_URL`), `_` first when it would start with a digit."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", variable).upper()
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def reserved_environment(name: str) -> bool:
+    return name in RESERVED_ENVIRONMENT or name.startswith(RESERVED_ENVIRONMENT_PREFIXES)
+
+
+def variables_environment(variables: Mapping[str, object]) -> dict[str, str]:
+    """Dataset row variables (and scalar task_config values) as environment variables for the
+    item's sandbox, services and task scripts: None is "", booleans are true/false; values
+    that are not scalars, and reserved names (create refuses them in a row), are left out."""
+    env: dict[str, str] = {}
+    for key, value in variables.items():
+        name = environment_name(key)
+        if reserved_environment(name) or not name:
+            continue
+        if value is None:
+            env[name] = ""
+        elif isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            env[name] = str(value)
+    return env
 
 
 def parse_provision_output(stdout: str) -> dict[str, str]:

@@ -275,19 +275,19 @@ class LiveServer:
         last = ""
         for _ in range(attempts):
             self.port = free_port()
-            env = _clean_env(
-                ASSAY_DATABASE_URL=self.database_url,
-                ASSAY_RATE_LIMIT="0",
-                ASSAY_LOG_LEVEL="WARNING",
+            defaults = {
+                "ASSAY_DATABASE_URL": self.database_url,
+                "ASSAY_RATE_LIMIT": "0",
+                "ASSAY_LOG_LEVEL": "WARNING",
                 # No in-process worker: evaluations stay queued, so cancel always has work.
-                ASSAY_WORKERS="0",
+                "ASSAY_WORKERS": "0",
                 # `--model` alone picks the openai agent, which create refuses without an
                 # endpoint; nothing ever calls this one (no worker runs).
-                ASSAY_OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-                ASSAY_BUNDLE_CACHE=str(self.workdir / "bundles"),
-                ASSAY_SANDBOX_ROOT=str(self.workdir / "sandboxes"),
-            )
-            env.update(self.extra_env)
+                "ASSAY_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+                "ASSAY_BUNDLE_CACHE": str(self.workdir / "bundles"),
+                "ASSAY_SANDBOX_ROOT": str(self.workdir / "sandboxes"),
+            }
+            env = _clean_env(**{**defaults, **self.extra_env})
             with self.log_path.open("ab") as log:
                 self._process = subprocess.Popen(
                     [*assay_command(), "serve", "--port", str(self.port)],

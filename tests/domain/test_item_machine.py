@@ -93,6 +93,9 @@ KINDS: dict[str, Callable[[], it.AnyItemEvent]] = {
     "sandbox_kept": lambda: it.ItemSandboxKept(
         item_id=ITEM_ID, evaluation_id=EVALUATION_ID, location="/tmp/sandbox"
     ),
+    "sandbox_discarded": lambda: it.ItemSandboxDiscarded(
+        item_id=ITEM_ID, evaluation_id=EVALUATION_ID, location="/tmp/sandbox"
+    ),
 }
 
 _ENDINGS = {
@@ -125,12 +128,12 @@ LEGAL: dict[str, dict[str, str]] = {
         "lease_renewed": "verifying",
         **_ENDINGS,
     },
-    "passed": {"sandbox_kept": "passed"},
-    "failed": {"sandbox_kept": "failed", **_REQUEUE},
-    "timed_out": {"sandbox_kept": "timed_out", **_REQUEUE},
-    "cancelled": {"sandbox_kept": "cancelled", **_REQUEUE},
-    "infra_error": {"sandbox_kept": "infra_error", **_REQUEUE},
-    "errored": {"sandbox_kept": "errored"},
+    "passed": {"sandbox_kept": "passed", "sandbox_discarded": "passed"},
+    "failed": {"sandbox_kept": "failed", "sandbox_discarded": "failed", **_REQUEUE},
+    "timed_out": {"sandbox_kept": "timed_out", "sandbox_discarded": "timed_out", **_REQUEUE},
+    "cancelled": {"sandbox_kept": "cancelled", "sandbox_discarded": "cancelled", **_REQUEUE},
+    "infra_error": {"sandbox_kept": "infra_error", "sandbox_discarded": "infra_error", **_REQUEUE},
+    "errored": {"sandbox_kept": "errored", "sandbox_discarded": "errored"},
 }
 
 TABLE = [(status, kind) for status in STATUSES for kind in KINDS]
@@ -152,7 +155,7 @@ def test_the_table_covers_the_twelve_documented_statuses_and_every_event_type() 
     assert set(STATUSES) == set(it.ITEM_STATUSES)
     assert set(LEGAL) == set(STATUSES)
     assert {type(make()) for make in KINDS.values()} == set(it.ITEM_EVENTS)
-    assert len(TABLE) == 12 * 16
+    assert len(TABLE) == 12 * 17
 
 
 @pytest.mark.parametrize(("status", "kind"), TABLE, ids=[f"{s}-{k}" for s, k in TABLE])

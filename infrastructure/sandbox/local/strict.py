@@ -249,10 +249,12 @@ class StrictSandbox:
 
     async def open_checker(self) -> StrictSandbox:
         provider = self._provider
-        principal = await provider.new_principal(self._dir, "checker", "checker", self.spec)
+        # A folder per checker: an item may open several (provision, then the verifier).
+        name = "checker" if not self._checkers else f"checker-{len(self._checkers) + 1}"
+        principal = await provider.new_principal(self._dir, "checker", name, self.spec)
         checker_principal = Principal(
             role="checker",
-            name="checker",
+            name=name,
             uid=principal.uid,
             workspace=self._agent.principal.workspace,
             tmp=principal.tmp,

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.app.dn_client import (
-    Dn,
-    DnInstallFailed,
-    DnUnavailable,
-    LiveServer,
-    assay_command,
-    ensure_dn,
-)
+from tests.app.dn_client import Dn, LiveServer, assay_command, dn_or_skip
 from tests.app.execution_fixtures import SHIPPED_FLAGS
-from tests.app.test_dn_client import UNDER_CI
 from tests.infrastructure.scripted_openai import ScriptedOpenAI, completion, error, tool_call
 
 MODEL = "openai/gpt-4o-mini"  # what the client suggests; the endpoint must see gpt-4o-mini
@@ -32,15 +23,7 @@ FLAG = SHIPPED_FLAGS["decode-payload"]
 
 @pytest.fixture(scope="module")
 def dn_executable() -> Path:
-    try:
-        return ensure_dn()
-    except DnUnavailable as exc:
-        print(f"the dn client cannot be installed: {exc}", file=sys.stderr)
-        if UNDER_CI:
-            pytest.fail(f"CI=true requires the dn client: {exc}")
-        pytest.skip(f"the dn client cannot be installed: {exc}")
-    except DnInstallFailed as exc:
-        pytest.fail(f"installing the dn client failed: {exc}")
+    return dn_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_creating_an_evaluation_from_a_set_runs_its_members_and_lists_the_skippe
         {"task_name": "acme/ghost", "task_version": "2.0.0", "reason": "not_found"}
     ]
     items = api.get(f"/evaluation/{body['id']}/items").json()["items"]
-    assert sorted(i["task_ref"] for i in items) == ["acme/mine@1.0.0", "find-the-flag@1.0.0"]
+    assert sorted(i["task_ref"] for i in items) == ["acme/mine@1.0.0", "find-the-flag@2.0.0"]
     assert all(i["metadata_json"]["bundle_digest"].startswith("sha256:") for i in items)
 
 

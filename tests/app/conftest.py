@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +108,26 @@ def api(settings: Settings) -> Iterator[Api]:
             user_id=result.user.id,
             headers={"X-API-Key": result.raw_key},
         )
+
+
+@pytest.fixture
+def bundles(tmp_path: Path) -> Path:
+    """A folder for the test's own task bundles, passed to the service as a task path."""
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Any]:
+    """`service(**settings)` starts the API with a worker (an Engine, see execution_fixtures);
+    stopped at the end of the test."""
+    from tests.app.execution_fixtures import running_service
+
+    with contextlib.ExitStack() as stack:
+
+        def start(**overrides: Any) -> Any:
+            overrides.setdefault("task_paths", (str(bundles),))
+            return stack.enter_context(running_service(database_url, tmp_path, **overrides))
+
+        yield start

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ from infrastructure.sandbox.local.provider import STRICT_VIEWS_ROOT
 from infrastructure.settings import Settings
 from tests.app.conftest import Api, make_settings, run_identity
 
+# `service(**settings)` (the fixture in tests/app/conftest.py) starts an Engine.
+Start = Callable[..., "Engine"]
 TERMINAL_EVALUATION = frozenset({"completed", "partial", "failed", "cancelled"})
 TERMINAL_ITEM = frozenset({"passed", "failed", "timed_out", "cancelled", "infra_error", "errored"})
 SHIPPED_TASKS = (

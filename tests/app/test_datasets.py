@@ -5,19 +5,14 @@ variables."""
 
 from __future__ import annotations
 
-import contextlib
 import textwrap
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.app.conftest import Api
-from tests.app.execution_fixtures import Engine, running_service, write_bundle
-
-Start = Callable[..., Engine]
+from tests.app.execution_fixtures import Start, write_bundle
 
 
 def templated_task(root: Path) -> Path:
@@ -102,21 +97,11 @@ def service_task(root: Path) -> Path:
 
 @pytest.fixture
 def bundles(tmp_path: Path) -> Path:
+    """The shared `service` fixture's task folder, with this module's two tasks in it."""
     folder = tmp_path / "bundles"
     templated_task(folder)
     service_task(folder)
     return folder
-
-
-@pytest.fixture
-def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Start]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**overrides: Any) -> Engine:
-            overrides.setdefault("task_paths", (str(bundles),))
-            return stack.enter_context(running_service(database_url, tmp_path, **overrides))
-
-        yield start
 
 
 @pytest.fixture

@@ -11,14 +11,10 @@ heartbeat that stops changing proves the sandbox's process tree is gone.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from app.worker.runner import CANCEL_POLL_SECONDS
 from infrastructure.sandbox.local.provider import STRICT_VIEWS_ROOT
@@ -30,13 +26,12 @@ from tests.app.execution_fixtures import (
     SHIPPED_FLAGS,
     SHIPPED_TASKS,
     Engine,
+    Start,
     epoch,
-    running_service,
     write_bundle,
 )
 from tests.infrastructure.scripted_openai import ScriptedOpenAI, completion, tool_call
 
-Start = Callable[..., Engine]
 AGENT_RESULT_KEYS = {
     "agent",
     "stop_reason",
@@ -56,25 +51,6 @@ LEAVES_FLIGHT = {
     "item.infra_failed",
     "item.errored",
 }
-
-
-@pytest.fixture
-def bundles(tmp_path: Path) -> Path:
-    folder = tmp_path / "bundles"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Start]:
-    """`service(**settings)` starts the API with a worker; stopped at the end of the test."""
-    with contextlib.ExitStack() as stack:
-
-        def start(**overrides: Any) -> Engine:
-            overrides.setdefault("task_paths", (str(bundles),))
-            return stack.enter_context(running_service(database_url, tmp_path, **overrides))
-
-        yield start
 
 
 # The tests below watch a sandbox's processes from the host through files they write outside

@@ -7,36 +7,14 @@ Through HTTP, with an in-process worker, on both backends.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.app.conftest import run_identity
-from tests.app.execution_fixtures import Engine, running_service, write_bundle
+from tests.app.execution_fixtures import Engine, Start, running_service, write_bundle
 from tests.infrastructure.scripted_openai import ScriptedOpenAI, error
-
-Start = Callable[..., Engine]
-
-
-@pytest.fixture
-def bundles(tmp_path: Path) -> Path:
-    folder = tmp_path / "bundles"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Start]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**overrides: Any) -> Engine:
-            overrides.setdefault("task_paths", (str(bundles),))
-            return stack.enter_context(running_service(database_url, tmp_path, **overrides))
-
-        yield start
 
 
 def run_openai(engine: Engine, base_url: str, **body: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -4,35 +4,11 @@ enforces it."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 import yaml
 
-from tests.app.execution_fixtures import Engine, running_service, write_bundle
-
-Start = Callable[..., Engine]
-
-
-@pytest.fixture
-def bundles(tmp_path: Path) -> Path:
-    folder = tmp_path / "bundles"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def service(database_url: str, tmp_path: Path, bundles: Path) -> Iterator[Start]:
-    with contextlib.ExitStack() as stack:
-
-        def start(**overrides: Any) -> Engine:
-            overrides.setdefault("task_paths", (str(bundles),))
-            return stack.enter_context(running_service(database_url, tmp_path, **overrides))
-
-        yield start
+from tests.app.execution_fixtures import Start, write_bundle
 
 
 def slow_task(bundles: Path, name: str, *, sleep: int, timeout_sec: int | None) -> None:

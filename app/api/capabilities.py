@@ -16,7 +16,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 
-from app.api.evaluations import container_of
+from app.api.context import org_caller
 from app.api.openapi import errors_for
 from app.errors import not_found
 from infrastructure.agents.registry import AGENTS, AgentSpec
@@ -164,9 +164,7 @@ def _matches(spec: AgentSpec, name: str | None, search: str | None, keywords: li
 
 
 async def _org_key(request: Request[Any, Any, Any], org: str) -> str:
-    container = container_of(request)
-    principal = await container.authenticator.principal(request)
-    return (await container.authenticator.org(principal, org)).key
+    return (await org_caller(request, org))[1].key
 
 
 def _spec(name: str) -> AgentSpec:

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
+from app.api.context import container_of, request_id_of, resolve_scope
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -25,7 +26,6 @@ from app.api.schemas import (
     item_response,
 )
 from app.auth import Scope
-from app.container import Container
 from app.errors import ApiError, not_found
 from app.services.evaluations import CommandContext
 from domain import analytics
@@ -35,23 +35,12 @@ from domain.projections import EvaluationView, ItemView
 from infrastructure import codec
 
 
-def container_of(request: Request[Any, Any, Any]) -> Container:
-    container: Container = request.app.state.container
-    return container
-
-
-async def resolve_scope(request: Request[Any, Any, Any], org: str, ws: str) -> Scope:
-    container = container_of(request)
-    principal = await container.authenticator.principal(request)
-    return await container.authenticator.scope(principal, org, ws)
-
-
 def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
     return CommandContext(
         principal=tenant.principal,
         org_id=tenant.org.id,
         workspace_id=tenant.workspace.id,
-        request_id=request.scope.get("state", {}).get("request_id"),
+        request_id=request_id_of(request),
     )
 
 

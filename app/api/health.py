@@ -8,7 +8,7 @@ import msgspec
 import sqlalchemy as sa
 from litestar import Request, Response, get
 
-from app.api.evaluations import container_of
+from app.api.context import container_of
 
 
 class Health(msgspec.Struct, frozen=True, omit_defaults=True):

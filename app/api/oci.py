@@ -18,7 +18,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, head, patch, post, put
 
-from app.api.evaluations import container_of
+from app.api.context import container_of
 from app.errors import ApiError
 from app.services.registry import MEDIA_OCI_MANIFEST, RegistryService
 from app.services.registry_errors import BadDigest, UploadUnknown

@@ -15,7 +15,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 
-from app.api.evaluations import container_of, resolve_scope
+from app.api.context import container_of, resolve_scope
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from infrastructure.identity.records import Runtime

@@ -19,7 +19,7 @@ import msgspec
 from litestar import Controller, Request, delete, get
 from litestar.params import Parameter
 
-from app.api.evaluations import container_of
+from app.api.context import container_of, org_caller
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from app.services.evaluations import CommandContext
@@ -113,9 +113,8 @@ def sandbox_response(evaluation: EvaluationView, item: ItemView, now: float) -> 
 async def _visible_workspaces(
     request: Request[Any, Any, Any], org: str
 ) -> tuple[Principal, str, list[Workspace]]:
+    principal, found = await org_caller(request, org)
     container = container_of(request)
-    principal = await container.authenticator.principal(request)
-    found = await container.authenticator.org(principal, org)
     workspaces = await container.identity.list_workspaces(found.id)
     return principal, found.id, [w for w in workspaces if principal.can_use_workspace(w.id)]
 

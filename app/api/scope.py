@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get
 
-from app.api.evaluations import container_of, resolve_scope
+from app.api.context import container_of, resolve_scope
 from app.api.openapi import errors_for
 from app.auth import Scope
 from app.errors import not_found

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get
 
-from app.api.evaluations import container_of
+from app.api.context import container_of, org_caller
 from app.api.openapi import errors_for
 
 
@@ -36,9 +36,8 @@ class TaskProblemController(Controller):
     ) -> TaskProblemList:
         """Task bundles that failed to load at start-up, by folder name, with the reason;
         such a task cannot be used until its bundle is fixed and the server restarted."""
+        await org_caller(request, org)
         container = container_of(request)
-        principal = await container.authenticator.principal(request)
-        await container.authenticator.org(principal, org)
         problems = [
             TaskProblemResponse(name=p.name, path=p.path, error=p.error)
             for p in container.catalog.problems

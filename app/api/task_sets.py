@@ -10,12 +10,12 @@ import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.params import Parameter
 
-from app.api.evaluations import container_of
+from app.api.context import container_of, org_caller, request_id_of
 from app.api.openapi import errors_for
 from app.api.tasks import Facet, VisibilityRequest
 from app.services.task_sets import TaskSetService, publish_warnings
 from domain import task_sets as ts
-from infrastructure.identity.records import Org, Principal
+from infrastructure.identity.records import Principal
 
 
 class MemberResponse(msgspec.Struct, kw_only=True):
@@ -83,12 +83,6 @@ class TaskSetDeletedResponse(msgspec.Struct, kw_only=True):
     deleted: bool
 
 
-async def _caller(request: Request[Any, Any, Any], org: str) -> tuple[Principal, Org]:
-    container = container_of(request)
-    principal = await container.authenticator.principal(request)
-    return principal, await container.authenticator.org(principal, org)
-
-
 async def _viewer(request: Request[Any, Any, Any], org: str) -> tuple[Principal, str]:
     """For reads that may concern another org's public set: the caller and the id of the org
     it acts in (members resolve as that org would run them)."""
@@ -103,11 +97,6 @@ async def _viewer(request: Request[Any, Any, Any], org: str) -> tuple[Principal,
 
 def _sets(request: Request[Any, Any, Any]) -> TaskSetService:
     return container_of(request).task_sets
-
-
-def _request_id(request: Request[Any, Any, Any]) -> str | None:
-    request_id: str | None = request.scope.get("state", {}).get("request_id")
-    return request_id
 
 
 def _summary(task_set: ts.TaskSet) -> TaskSetSummary:
@@ -218,7 +207,7 @@ class TaskSetController(Controller):
         sort_by: str = "created_at",
         sort_dir: str = "desc",
     ) -> TaskSetList:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         found = [
             s
             for s in await _sets(request).listing(principal, tenant, include_public=include_public)
@@ -244,7 +233,7 @@ class TaskSetController(Controller):
         source: list[str] | None = None,
         include_public: bool = False,
     ) -> TaskSetFacets:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         found = [
             s
             for s in await _sets(request).listing(principal, tenant, include_public=include_public)
@@ -262,8 +251,8 @@ class TaskSetController(Controller):
         self, request: Request[Any, Any, Any], org: str, data: dict[str, Any]
     ) -> TaskSetResponse:
         """Create a set from a task-set.yaml manifest body."""
-        principal, tenant = await _caller(request, org)
-        created = await _sets(request).create(principal, tenant.key, data, _request_id(request))
+        principal, tenant = await org_caller(request, org)
+        created = await _sets(request).create(principal, tenant.key, data, request_id_of(request))
         return await _detail(request, tenant.id, created)
 
     @get("/{name:str}", responses=errors_for(401, 404, 426, 429))
@@ -280,9 +269,9 @@ class TaskSetController(Controller):
         self, request: Request[Any, Any, Any], org: str, name: str, data: dict[str, Any]
     ) -> TaskSetResponse:
         """Replace members, description, source and tags (visibility has its own route)."""
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         replaced = await _sets(request).replace(
-            principal, tenant.key, name, data, _request_id(request)
+            principal, tenant.key, name, data, request_id_of(request)
         )
         return await _detail(request, tenant.id, replaced)
 
@@ -290,9 +279,9 @@ class TaskSetController(Controller):
     async def visibility(
         self, request: Request[Any, Any, Any], org: str, name: str, data: VisibilityRequest
     ) -> TaskSetResponse:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         changed = await _sets(request).set_visibility(
-            principal, tenant.key, name, data.is_public, _request_id(request)
+            principal, tenant.key, name, data.is_public, request_id_of(request)
         )
         return await _detail(request, tenant.id, changed)
 
@@ -300,8 +289,8 @@ class TaskSetController(Controller):
     async def delete_set(
         self, request: Request[Any, Any, Any], org: str, name: str
     ) -> TaskSetDeletedResponse:
-        principal, tenant = await _caller(request, org)
-        gone = await _sets(request).delete(principal, tenant.key, name, _request_id(request))
+        principal, tenant = await org_caller(request, org)
+        gone = await _sets(request).delete(principal, tenant.key, name, request_id_of(request))
         return TaskSetDeletedResponse(
             id=gone.id, name=gone.name, org_key=gone.org_key, deleted=True
         )

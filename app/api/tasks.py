@@ -15,7 +15,7 @@ import msgspec
 from litestar import Controller, Request, delete, get, patch
 from litestar.params import Parameter
 
-from app.api.evaluations import container_of
+from app.api.context import container_of, org_caller, request_id_of
 from app.api.openapi import errors_for
 from app.errors import not_found
 from app.services.registry import RegistryService, TaskEntry
@@ -118,12 +118,6 @@ def response_of(entry: TaskEntry, versions: list[str] | None = None) -> TaskResp
     )
 
 
-async def _caller(request: Request[Any, Any, Any], org: str) -> tuple[Principal, Org]:
-    container = container_of(request)
-    principal = await container.authenticator.principal(request)
-    return principal, await container.authenticator.org(principal, org)
-
-
 async def _reader(request: Request[Any, Any, Any], org: str) -> tuple[Principal, Org]:
     """For reads of one task: another org's public tasks are readable by anyone (the
     service then shows only what is public); an org that does not exist is a 404."""
@@ -137,11 +131,6 @@ async def _reader(request: Request[Any, Any, Any], org: str) -> tuple[Principal,
 
 def _registry(request: Request[Any, Any, Any]) -> RegistryService:
     return container_of(request).registry
-
-
-def _request_id(request: Request[Any, Any, Any]) -> str | None:
-    request_id: str | None = request.scope.get("state", {}).get("request_id")
-    return request_id
 
 
 def _matches(entry: TaskEntry, search: str | None, tags: list[str] | None) -> bool:
@@ -177,7 +166,7 @@ class TaskController(Controller):
         include_public: bool = False,
     ) -> TaskList:
         """The latest version of each task: the org's pushed ones and the built-in ones."""
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         entries = [
             e
             for e in await _registry(request).entries(
@@ -202,7 +191,7 @@ class TaskController(Controller):
         tags: list[str] | None = None,
         include_public: bool = False,
     ) -> TaskFacets:
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         entries = [
             e
             for e in await _registry(request).entries(
@@ -253,9 +242,9 @@ class TaskController(Controller):
         self, request: Request[Any, Any, Any], org: str, name: str, data: VisibilityRequest
     ) -> VisibilityResponse:
         """Publish (public: every org may list, pull and run it) or unpublish a task name."""
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         family: TaskFamily = await _registry(request).set_visibility(
-            principal, tenant.key, name, data.is_public, _request_id(request)
+            principal, tenant.key, name, data.is_public, request_id_of(request)
         )
         return VisibilityResponse(
             name=family.name,
@@ -278,7 +267,7 @@ class TaskController(Controller):
     ) -> None:
         """Delete a pushed version (its digest is kept in the log; the version may be
         pushed again)."""
-        principal, tenant = await _caller(request, org)
+        principal, tenant = await org_caller(request, org)
         await _registry(request).delete_version(
-            principal, tenant.key, name, version, _request_id(request)
+            principal, tenant.key, name, version, request_id_of(request)
         )

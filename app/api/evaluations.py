@@ -44,6 +44,15 @@ def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
     )
 
 
+async def _evaluation_id(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> str:
+    """The full id of the workspace's evaluation named by id or unique prefix (commands load
+    the evaluation itself from its streams)."""
+    found = await container_of(request).queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
+    if found is None:
+        raise not_found(f"evaluation {raw_id!r}")
+    return found
+
+
 async def _evaluation(
     request: Request[Any, Any, Any], tenant: Scope, raw_id: str
 ) -> EvaluationView:
@@ -145,9 +154,9 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        full_id = await _evaluation_id(request, tenant, evaluation_id)
         container = container_of(request)
-        cancelled = await container.evaluations.cancel(_context(request, tenant), view.id)
+        cancelled = await container.evaluations.cancel(_context(request, tenant), full_id)
         return evaluation_response(cancelled, await container.capacity())
 
     @post(
@@ -160,9 +169,9 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        full_id = await _evaluation_id(request, tenant, evaluation_id)
         container = container_of(request)
-        reopened = await container.evaluations.retry_failed(_context(request, tenant), view.id)
+        reopened = await container.evaluations.retry_failed(_context(request, tenant), full_id)
         return evaluation_response(reopened, await container.capacity())
 
     @get("/evaluation/{evaluation_id:str}/analytics", responses=errors_for(401, 404, 409, 426, 429))

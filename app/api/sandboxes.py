@@ -12,7 +12,7 @@ output, between the item's lifecycle lines.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -203,8 +203,9 @@ class SandboxController(Controller):
             raise ApiError(400, "cursor is not one this server gave out") from None
         if offset < 0:
             raise ApiError(400, "cursor is not one this server gave out")
-        found = await container_of(request).queries.sandbox_items([w.id for w in workspaces])
-        now = datetime.now(UTC).timestamp()
+        container = container_of(request)
+        found = await container.queries.sandbox_items([w.id for w in workspaces])
+        now = container.clock().timestamp()
         rows = [
             sandbox_response(e, i, now)
             for e, i in found
@@ -221,8 +222,9 @@ class SandboxController(Controller):
     async def sandbox_usage(self, request: Request[Any, Any, Any], org: str) -> SandboxUsage:
         """Sandbox time of the org's evaluation items (started to ended, or to now)."""
         _principal, _org_id, workspaces = await _visible_workspaces(request, org)
-        found = await container_of(request).queries.sandbox_items([w.id for w in workspaces])
-        now_dt = datetime.now(UTC)
+        container = container_of(request)
+        found = await container.queries.sandbox_items([w.id for w in workspaces])
+        now_dt = container.clock()
         now = now_dt.timestamp()
         month = now_dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
         states = [sandbox_state(i) for _e, i in found]
@@ -245,7 +247,7 @@ class SandboxController(Controller):
         """One sandbox by item id, id prefix, or the provider's sandbox id."""
         _principal, _org_id, workspaces = await _visible_workspaces(request, org)
         evaluation, item = await _sandbox(request, workspaces, sandbox_id)
-        return sandbox_response(evaluation, item, datetime.now(UTC).timestamp())
+        return sandbox_response(evaluation, item, container_of(request).clock().timestamp())
 
     @get("/{sandbox_id:str}/logs", responses=errors_for(401, 404, 409, 426, 429))
     async def sandbox_logs(

@@ -10,6 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.cli.checks import require_migrated
+from app.composition import open_store
 from infrastructure import rebuild as rebuilding
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
@@ -46,7 +47,7 @@ def _with_progress(
                 def report(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                store = EventStore(engine)
+                store, _leases = open_store(engine)
                 try:
                     return await run(store, report)
                 finally:

@@ -9,7 +9,7 @@ import signal
 import click
 
 from app.cli.checks import require_ready
-from app.container import Container
+from app.composition import build_container
 from app.logging import configure_logging
 from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
@@ -27,7 +27,7 @@ def group(slots: int | None) -> None:
     require_ready(settings)
 
     async def main() -> None:
-        container = Container.build(settings)
+        container = build_container(settings)
         pool = container.worker_pool(slot_count)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -8,8 +8,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from app.composition import open_store
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
 from tests.app.conftest import Api, run_identity
 from tests.app.http_helpers import assert_envelope, items_of
 
@@ -69,7 +69,7 @@ def last_position(url: str) -> int:
     async def main() -> int:
         engine = create_engine(url)
         try:
-            return await EventStore(engine).last_position()
+            return await open_store(engine)[0].last_position()
         finally:
             await engine.dispose()
 

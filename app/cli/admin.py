@@ -130,7 +130,11 @@ def _server_url() -> str:
 @click.option("--org", "org_key", required=True, help="Org slug, e.g. acme.")
 @click.option("--workspace", "workspace_key", required=True, help="Workspace slug, e.g. main.")
 @click.option("--email", required=True, help="The owner's email address.")
-@click.option("--username", default=None, help="Default: the email's local part.")
+@click.option(
+    "--username",
+    default=None,
+    help="Default: the email's local part, with a numeric suffix when taken (owner-2).",
+)
 @click.option("--full-name", default=None, help="Default: the username.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @_database_url_option
@@ -192,13 +196,17 @@ def bootstrap_command(
 
 @group.command("add-user")
 @click.option("--email", required=True)
-@click.option("--username", required=True)
-@click.option("--full-name", required=True)
+@click.option(
+    "--username",
+    default=None,
+    help="Default: the email's local part, with a numeric suffix when taken (owner-2).",
+)
+@click.option("--full-name", default=None, help="Default: the username.")
 @_database_url_option
-def add_user(email: str, username: str, full_name: str, database_url: str) -> None:
+def add_user(email: str, username: str | None, full_name: str | None, database_url: str) -> None:
     """Create a user (no org yet: see add-member)."""
     user = _run(database_url, lambda store: store.create_user(email, username, full_name))
-    click.echo(f"user {user.email} id={user.id}")
+    click.echo(f"user {user.email} username={user.username} id={user.id}")
 
 
 @group.command("add-member")

@@ -289,7 +289,7 @@ def test_two_orgs_each_bootstrap_an_owner_at_user(database_url: str) -> None:
 
 
 def test_add_user_without_a_username_derives_a_free_one(database_url: str) -> None:
-    ok(admin(database_url, "bootstrap", "--org", "acme", "--workspace", "main", "--email", "a@x.io"))
+    bootstrap_json(database_url)  # user a@x.io, username `a`
 
     added = ok(admin(database_url, "add-user", "--email", "a@other.example"))
 

@@ -58,6 +58,8 @@ USERNAMES_LIKE = sa.select(users.c.username).where(
 def like_prefix(prefix: str) -> str:
     """A LIKE pattern for values starting with `prefix`, its `_` and `%` taken literally."""
     return prefix.replace("/", "//").replace("_", "/_").replace("%", "/%") + "%"
+
+
 MEMBERSHIP = _one_by(memberships, "org_id", "user_id")
 ROLES_OF_USER = sa.select(memberships.c.org_id, memberships.c.role).where(
     memberships.c.user_id == _b("p_user_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import msgspec
@@ -103,7 +104,7 @@ class EvaluationController(Controller):
         page: PageNumber = 1,
         page_size: PageSize = 50,
         status: str | None = None,
-        project_id: str | None = None,
+        project_id: uuid.UUID | None = None,
     ) -> EvaluationList:
         """Evaluations of the workspace, newest first."""
         tenant = await resolve_scope(request, org, ws)
@@ -114,7 +115,7 @@ class EvaluationController(Controller):
             page=page,
             page_size=page_size,
             status=status,
-            project_id=project_id,
+            project_id=None if project_id is None else str(project_id),
         )
         capacity = await container_of(request).capacity()
         return EvaluationList(

@@ -8,7 +8,6 @@ resume and reset commands have no route here. The client's `key` is the runtime'
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 import msgspec
@@ -19,6 +18,7 @@ from app.api.context import container_of, resolve_scope
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from infrastructure.identity.records import Runtime
+from infrastructure.ids import canonical_id
 
 RUNTIME_STATES = ("idle", "running", "paused")
 
@@ -56,14 +56,6 @@ def _response(runtime: Runtime) -> RuntimeResponse:
         created_at=runtime.created_at,
         updated_at=runtime.updated_at,
     )
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 class RuntimeController(Controller):
@@ -118,8 +110,9 @@ class RuntimeController(Controller):
         tenant = await resolve_scope(request, org, ws)
         identity = container_of(request).identity
         found = None
-        if _is_uuid(runtime_id):
-            found = await identity.get_runtime(tenant.workspace.id, runtime_id)
+        whole_id = canonical_id(runtime_id)
+        if whole_id is not None:
+            found = await identity.get_runtime(tenant.workspace.id, whole_id)
         if found is None:
             found = await identity.get_runtime_by_name(tenant.workspace.id, runtime_id)
         if found is None:

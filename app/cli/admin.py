@@ -33,6 +33,7 @@ from infrastructure.identity.records import (
     Workspace,
 )
 from infrastructure.identity.store import IdentityStore
+from infrastructure.ids import canonical_id
 from infrastructure.settings import Settings
 
 T = TypeVar("T")
@@ -258,7 +259,8 @@ def create_key(email: str, scope: str | None, name: str, database_url: str) -> N
 def revoke_key(key_id: str, database_url: str) -> None:
     """Revoke an API key by id (see list-keys); it stops working at once (servers may cache
     it for ASSAY_AUTH_CACHE_SECONDS)."""
-    info = _run(database_url, lambda store: store.revoke_api_key(key_id))
+    # An id typed in upper case is the same id (ids are stored in canonical form).
+    info = _run(database_url, lambda store: store.revoke_api_key(canonical_id(key_id) or key_id))
     click.echo(f"revoked {info.id} ({info.prefix}…) at {info.revoked_at}")
 
 

@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 
 @click.group("admin")
-def group() -> None:
+def admin_commands() -> None:
     """Orgs, workspaces, users, memberships, API keys, projects, runtimes and secrets."""
 
 
@@ -127,7 +127,7 @@ def _server_url() -> str:
 # -- bootstrap ---------------------------------------------------------------------------
 
 
-@group.command("bootstrap")
+@admin_commands.command("bootstrap")
 @click.option("--org", "org_key", required=True, help="Org slug, e.g. acme.")
 @click.option("--workspace", "workspace_key", required=True, help="Workspace slug, e.g. main.")
 @click.option("--email", required=True, help="The owner's email address.")
@@ -195,7 +195,7 @@ def bootstrap_command(
 # -- users, members, keys ----------------------------------------------------------------
 
 
-@group.command("add-user")
+@admin_commands.command("add-user")
 @click.option("--email", required=True)
 @click.option(
     "--username",
@@ -210,7 +210,7 @@ def add_user(email: str, username: str | None, full_name: str | None, database_u
     click.echo(f"user {user.email} username={user.username} id={user.id}")
 
 
-@group.command("add-member")
+@admin_commands.command("add-member")
 @click.option("--org", "org_key", required=True)
 @click.option("--email", required=True)
 @click.option("--role", required=True, type=click.Choice(ROLE_NAMES))
@@ -227,7 +227,7 @@ def add_member(org_key: str, email: str, role: str, database_url: str) -> None:
     click.echo(f"{email} is {role} of {org_key}")
 
 
-@group.command("create-key")
+@admin_commands.command("create-key")
 @click.option("--email", required=True)
 @click.option(
     "--workspace", "scope", default=None, metavar="ORG/WS", help="Only valid in this workspace."
@@ -253,7 +253,7 @@ def create_key(email: str, scope: str | None, name: str, database_url: str) -> N
     click.echo(raw_key)
 
 
-@group.command("revoke-key")
+@admin_commands.command("revoke-key")
 @click.argument("key_id")
 @_database_url_option
 def revoke_key(key_id: str, database_url: str) -> None:
@@ -264,7 +264,7 @@ def revoke_key(key_id: str, database_url: str) -> None:
     click.echo(f"revoked {info.id} ({info.prefix}…) at {info.revoked_at}")
 
 
-@group.command("list-keys")
+@admin_commands.command("list-keys")
 @click.option("--email", required=True)
 @click.option("--json", "as_json", is_flag=True)
 @_database_url_option
@@ -291,7 +291,7 @@ def list_keys(email: str, as_json: bool, database_url: str) -> None:
 # -- workspaces, projects, runtimes ------------------------------------------------------
 
 
-@group.command("add-workspace")
+@admin_commands.command("add-workspace")
 @click.option("--org", "org_key", required=True)
 @click.option("--key", required=True, help="Workspace slug.")
 @click.option("--name", required=True)
@@ -308,7 +308,7 @@ def add_workspace(org_key: str, key: str, name: str, is_default: bool, database_
     click.echo(f"workspace {org_key}/{workspace.key} id={workspace.id}")
 
 
-@group.command("add-project")
+@admin_commands.command("add-project")
 @click.option("--org", "org_key", required=True)
 @click.option("--workspace", "workspace_key", required=True)
 @click.option("--key", required=True, help="Project slug.")
@@ -325,7 +325,7 @@ def add_project(org_key: str, workspace_key: str, key: str, name: str, database_
     click.echo(f"project {org_key}/{workspace_key}/{project.key} id={project.id}")
 
 
-@group.command("add-runtime")
+@admin_commands.command("add-runtime")
 @click.option("--org", "org_key", required=True)
 @click.option("--workspace", "workspace_key", required=True)
 @click.option("--name", required=True)
@@ -347,7 +347,7 @@ def add_runtime(
 # -- secrets -----------------------------------------------------------------------------
 
 
-@group.command("add-secret")
+@admin_commands.command("add-secret")
 @click.option("--email", required=True, help="The user who owns (and may use) the secret.")
 @click.option("--name", required=True, help="What `dn ... --secret NAME` refers to.")
 @click.option("--provider", required=True, help="e.g. openai, anthropic.")

@@ -298,3 +298,16 @@ def test_add_user_without_a_username_derives_a_free_one(database_url: str) -> No
         admin(database_url, "add-user", "--email", "new@x.io", "--username", "a"),
         "already exists",
     )
+
+
+def test_every_sub_command_family_is_registered_under_a_name_that_says_what_it_is() -> None:
+    commands = {name: command.callback.__name__ for name, command in main.commands.items()}
+
+    assert commands == {
+        "admin": "admin_commands",
+        "db": "db_commands",
+        "projections": "projection_commands",
+        "serve": "serve_command",
+        "tasks": "task_commands",
+        "worker": "worker_command",
+    }

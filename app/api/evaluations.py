@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from app.api.context import container_of, request_id_of, resolve_scope
+from app.api.context import PageNumber, container_of, request_id_of, resolve_scope
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -67,7 +67,6 @@ async def _item(
     return item
 
 
-PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
 
 

@@ -14,7 +14,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 
-from app.api.context import container_of, resolve_scope
+from app.api.context import ListLimit, container_of, resolve_scope
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from infrastructure.identity.records import Runtime
@@ -74,7 +74,7 @@ class RuntimeController(Controller):
         ] = None,
         project_id: str | None = None,
         owner: Annotated[str | None, Parameter(description="`me`: the same list here")] = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        limit: ListLimit = 50,
         cursor: str | None = None,
     ) -> RuntimeList:
         """The workspace's runtimes (model endpoints), by name."""

@@ -20,7 +20,7 @@ import msgspec
 from litestar import Controller, Request, delete, get
 from litestar.params import Parameter
 
-from app.api.context import container_of, org_caller
+from app.api.context import ListLimit, container_of, org_caller
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from app.services.evaluations import CommandContext
@@ -184,7 +184,7 @@ class SandboxController(Controller):
             Parameter(query="state", description="comma-separated: running, kept, killed"),
         ] = None,
         project_id: uuid.UUID | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        limit: ListLimit = 50,
         cursor: Annotated[
             str | None, Parameter(description="next_cursor of the previous page")
         ] = None,

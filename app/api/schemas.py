@@ -11,7 +11,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from domain.evaluation import TERMINAL_STATUSES, CleanupPolicy, EvaluationStatus
+from domain.evaluation import (
+    MAX_CONCURRENCY,
+    TERMINAL_STATUSES,
+    CleanupPolicy,
+    EvaluationStatus,
+)
 from domain.item import ItemStatus
 from domain.projections import EvaluationView, ItemView
 from domain.task_sets import SkippedMember
@@ -70,7 +75,12 @@ class CreateEvaluationRequest(msgspec.Struct, frozen=True, kw_only=True):
         _doc("always (default), or on_success: keep the sandbox of items that did not pass."),
     ] = "always"
     concurrency: Annotated[
-        int, _doc("Most items of this evaluation in flight at once, 1-100.", ge=1, le=100)
+        int,
+        _doc(
+            f"Most items of this evaluation in flight at once, 1-{MAX_CONCURRENCY}.",
+            ge=1,
+            le=MAX_CONCURRENCY,
+        ),
     ] = 1
     task_timeout_sec: Annotated[
         Annotated[int, msgspec.Meta(ge=1)] | None,

@@ -268,6 +268,17 @@ def test_concurrency_outside_1_to_100_is_422_at_concurrency(api: Api) -> None:
     assert api.create(concurrency=1).status_code == 201
 
 
+def test_the_concurrency_bound_of_the_schema_is_the_domains(api: Api) -> None:
+    from domain.evaluation import MAX_CONCURRENCY
+
+    schema = api.client.get("/schema/openapi.json").json()
+    spec = schema["components"]["schemas"]["CreateEvaluationRequest"]["properties"]
+    assert spec["concurrency"]["maximum"] == MAX_CONCURRENCY
+    assert f"1-{MAX_CONCURRENCY}" in spec["concurrency"]["description"]
+    assert api.create(concurrency=MAX_CONCURRENCY).status_code == 201
+    assert_422_at(api.create(concurrency=MAX_CONCURRENCY + 1), "concurrency")
+
+
 def test_task_timeout_below_one_second_is_422_at_task_timeout_sec(api: Api) -> None:
     assert_422_at(api.create(task_timeout_sec=0), "task_timeout_sec")
     assert api.create(task_timeout_sec=1).status_code == 201

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -18,6 +17,7 @@ from app.services.task_sets import TaskSetService
 from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
+from infrastructure.expiring import ExpiringMap
 from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
@@ -51,7 +51,9 @@ class Container:
     registry: RegistryService
     bundles: BundleSource
     task_sets: TaskSetService
-    _capacity: tuple[float, int] = (0.0, 0)
+    _capacity: ExpiringMap[str, int] = field(
+        default_factory=lambda: ExpiringMap(CAPACITY_CACHE_SECONDS, max_entries=1)
+    )
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
@@ -103,12 +105,12 @@ class Container:
 
     async def capacity(self) -> int:
         """Item slots of the live workers: what any evaluation can be granted at most."""
-        expires, slots = self._capacity
-        if expires > time.monotonic():
+        slots = self._capacity.get("live_slots")
+        if slots is not None:
             return slots
         live = await self.queue.live_workers()
         slots = sum(w.slots for w in live)
-        self._capacity = (time.monotonic() + CAPACITY_CACHE_SECONDS, slots)
+        self._capacity.put("live_slots", slots)
         return slots
 
     def worker_pool(self, slots: int) -> WorkerPool:

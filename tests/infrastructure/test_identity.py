@@ -461,3 +461,16 @@ async def test_concurrent_users_with_one_local_part_all_get_created(
     users = await asyncio.gather(*(store.create_user(f"owner@org{i}.test") for i in range(4)))
 
     assert sorted(u.username for u in users) == ["owner", "owner-2", "owner-3", "owner-4"]
+
+
+async def test_bootstrap_gives_each_orgs_owner_at_user_a_username_of_its_own(
+    store: IdentityStore,
+) -> None:
+    alpha = await bootstrap(store, "alpha", "main", "owner@alpha.example.com")
+    beta = await bootstrap(store, "beta", "main", "owner@beta.example.com")
+    again = await bootstrap(store, "beta", "main", "owner@beta.example.com")
+
+    assert (alpha.user.username, beta.user.username) == ("owner", "owner-2")
+    assert beta.user.email == "owner@beta.example.com" and "user" in beta.created
+    assert again.user.id == beta.user.id and "user" not in again.created
+    assert beta.membership.role == "owner"

@@ -10,43 +10,65 @@ manifest this service reads needs more than a handful of levels.
 
 from __future__ import annotations
 
+import array
 import itertools
-import operator
-import re
 from typing import Any
 
 from litestar import Request
 
 from app.errors import ApiError
 
-# A JSON string, escapes included: brackets inside one are text, not nesting.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-# An opening bracket weighs 2 and a closing one 0, so after k brackets the running sum minus
-# k is the depth there: every step stays in C (translate, accumulate, map), no Python loop.
-_WEIGHTS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+_AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
+# As signed bytes: an opening bracket +1, a closing one -1 (0xff).
+_STEPS = bytes.maketrans(b"()", b"\x01\xff")
+
+
+def _brackets(body: bytes) -> bytes:
+    """The JSON text's brackets outside strings, as `(` and `)`."""
+    # Escaped backslashes first, so the quote of `\\"` still ends its string.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
+    return outside.translate(None, _NOT_BRACKETS).translate(_AS_PARENS)
+
+
+def _depth(brackets: bytes) -> int:
+    # Innermost pairs first (one C pass; most of a large body's brackets are such pairs): in
+    # balanced text every deepest point is one of them, so the depth is one more than what is
+    # left. The rest is a running sum over signed bytes (small ints: no allocation per step).
+    if not brackets:
+        return 0
+    rest = brackets.replace(b"()", b"")
+    had_pairs = len(rest) < len(brackets)
+    deepest = max(itertools.accumulate(array.array("b", rest.translate(_STEPS))), default=0)
+    return max(deepest, 0) + had_pairs
 
 
 def json_depth(body: bytes) -> int:
-    """The deepest nesting of arrays and objects in a JSON text (0 for a scalar)."""
-    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS).translate(_WEIGHTS)
-    if not brackets:
-        return 0
-    depths = map(operator.sub, itertools.accumulate(brackets), range(1, len(brackets) + 1))
-    deepest: int = max(depths)
-    return deepest
+    """The deepest nesting of arrays and objects in a JSON text (0 for a scalar); exact for
+    well-formed JSON, at most one more for a malformed text."""
+    return _depth(_brackets(body))
+
+
+def nests_deeper_than(body: bytes, max_depth: int) -> bool:
+    """Whether a JSON text nests arrays and objects deeper than `max_depth`. Every step is a
+    C-level bytes or iterator operation, linear in the body: no Python loop over it."""
+    # Fewer opening brackets than the limit cannot nest past it: most bodies stop here.
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return False
+    brackets = _brackets(body)
+    if b"(" * (max_depth + 1) in brackets:
+        return True  # a run of opening brackets alone goes past the limit (the usual attack)
+    return _depth(brackets) > max_depth
 
 
 def check_json_depth(body: bytes, max_depth: int) -> None:
     """Refuse (400, in the envelope) a JSON body nested deeper than `max_depth`."""
-    # Fewer opening brackets than the limit cannot nest past it: most bodies stop here.
-    if body.count(b"[") + body.count(b"{") <= max_depth:
-        return
-    depth = json_depth(body)
-    if depth > max_depth:
+    if nests_deeper_than(body, max_depth):
         raise ApiError(
             400,
-            f"request body nests JSON {depth} levels deep; at most {max_depth} are accepted",
+            f"request body nests JSON deeper than {max_depth} levels (or leaves brackets "
+            "unclosed); nothing was decoded",
         )
 
 

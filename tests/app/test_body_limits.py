@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from app.body_limits import check_json_depth, json_depth
+from app.body_limits import check_json_depth, json_depth, nests_deeper_than
 from app.errors import ApiError
 from app.main import create_app
 from infrastructure.settings import Settings
@@ -55,7 +55,7 @@ def test_deeply_nested_bodies_are_400_on_every_json_route(
             method, path, content=shape(levels), headers={**api.headers, **JSON}
         )
         body = assert_envelope(response, 400, "bad_request")
-        assert "at most 64" in body["detail"], (path, body)
+        assert "deeper than 64" in body["detail"], (path, body)
 
 
 def test_depth_is_counted_inside_a_valid_create_request(api: Api) -> None:
@@ -65,7 +65,7 @@ def test_depth_is_counted_inside_a_valid_create_request(api: Api) -> None:
     at_limit = api.client.post(path, content=create_body_with(deep_array(62)), headers=headers)
     past_limit = api.client.post(path, content=create_body_with(deep_array(63)), headers=headers)
     assert at_limit.status_code == 201, at_limit.text
-    assert "65 levels" in assert_envelope(past_limit, 400, "bad_request")["detail"]
+    assert "deeper than 64" in assert_envelope(past_limit, 400, "bad_request")["detail"]
 
 
 def test_brackets_inside_strings_are_not_nesting(api: Api) -> None:
@@ -111,16 +111,30 @@ def test_both_limits_come_from_settings(small_limits: tuple[TestClient[Any], Set
     too_deep = client.post(path, content=deep_object(9), headers=JSON)
     too_big = client.post(path, content=b'{"name": "' + b"x" * 4096 + b'"}', headers=JSON)
 
-    assert "at most 8" in assert_envelope(too_deep, 400, "bad_request")["detail"]
+    assert "deeper than 8" in assert_envelope(too_deep, 400, "bad_request")["detail"]
     assert_envelope(too_big, 413, "payload_too_large")
 
 
-def test_json_depth_of_scalars_arrays_objects_and_strings() -> None:
-    assert json_depth(b"1") == 0
-    assert json_depth(b'"[[["') == 0
-    assert json_depth(b"[[], {}]") == 2
-    assert json_depth(b'{"a": [1, {"b": "]]]"}]}') == 3
-    assert json_depth(b'["\\"[", [[]]]') == 3
+def test_depth_counts_arrays_and_objects_but_not_brackets_in_strings() -> None:
+    assert not nests_deeper_than(b'"' + b"[" * 100 + b'"', 0)
+    assert not nests_deeper_than(b"[[], {}]", 2)
+    assert nests_deeper_than(b"[[], {}]", 1)
+    assert not nests_deeper_than(b'{"a": [1, {"b": "]]]"}]}', 3)
+    assert nests_deeper_than(b'{"a": [1, {"b": "]]]"}]}', 2)
+    assert not nests_deeper_than(b'["\\"[", "\\\\", [[]]]', 3)
+    assert nests_deeper_than(b'["\\"[", "\\\\", [[]]]', 2)
+    assert not nests_deeper_than(b"[]" * 100_000, 1)
+    assert nests_deeper_than(b"[" * 70, 64)  # unclosed
+    assert nests_deeper_than(b"[[]" * 70 + b"]" * 70, 64)  # no run of 65 opening brackets
+    assert nests_deeper_than((b"[" * 65 + b"]" * 65) * 10, 64)
+    assert not nests_deeper_than((b"[" * 64 + b"]" * 64) * 1000, 64)
+    assert [json_depth(b) for b in (b"1", b"[]", b"[[]]", b"[[], [[{}]]]", b'{"a": "["}')] == [
+        0,
+        1,
+        2,
+        4,
+        1,
+    ]
     check_json_depth(deep_array(64), 64)
     with pytest.raises(ApiError):
         check_json_depth(deep_array(65), 64)

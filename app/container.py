@@ -4,8 +4,7 @@ when the process stops."""
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +20,7 @@ from app.worker.pool import WorkerPool
 from app.worker.runner import ItemRunner
 from infrastructure.clock import Clock
 from infrastructure.eventstore import EventStore
+from infrastructure.expiring import ExpiringMap
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.registry.bundles import BundleSource
@@ -57,16 +57,18 @@ class Container:
     task_sets: TaskSetService
     work: WorkSignal
     providers: ProviderRegistry
-    _capacity: tuple[float, int] = (0.0, 0)
+    _capacity: ExpiringMap[str, int] = field(
+        default_factory=lambda: ExpiringMap(CAPACITY_CACHE_SECONDS, max_entries=1)
+    )
 
     async def capacity(self) -> int:
         """Item slots of the live workers: what any evaluation can be granted at most."""
-        expires, slots = self._capacity
-        if expires > time.monotonic():
+        slots = self._capacity.get("live_slots")
+        if slots is not None:
             return slots
         live = await self.queue.live_workers()
         slots = sum(w.slots for w in live)
-        self._capacity = (time.monotonic() + CAPACITY_CACHE_SECONDS, slots)
+        self._capacity.put("live_slots", slots)
         return slots
 
     def worker_pool(self, slots: int) -> WorkerPool:

@@ -173,7 +173,8 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
             message = message[: match.start()]
             loc += [int(p) if p.isdigit() else p for p in re.findall(r"\w+", match["path"])]
         elif key and key != "data":
-            loc.append(str(key))
+            # Litestar joins a nested path into one key (`secret_ids[1]`, `a.b`): split it.
+            loc += [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", str(key))]
         missing = _MISSING_FIELD.search(message)
         if missing:
             loc.append(missing["field"])

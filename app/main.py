@@ -27,6 +27,7 @@ from app.api.task_problems import TaskProblemController
 from app.api.task_sets import TaskSetController
 from app.api.tasks import TaskController
 from app.auth import raw_key_of
+from app.body_limits import depth_limited_request
 from app.composition import build_container
 from app.container import Container
 from app.errors import handle_exception
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         middleware=[request_middleware(settings.min_client_version), *middleware],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
+        request_class=depth_limited_request(settings.max_json_depth),
         openapi_config=OpenAPIConfig(
             title="Assay evaluation API",
             version="1.0.0",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from app.api.context import container_of, request_id_of, resolve_scope
+from app.api.context import PageNumber, container_of, request_id_of, resolve_scope
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -75,7 +76,6 @@ async def _item(
     return item
 
 
-PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
 
 
@@ -112,7 +112,7 @@ class EvaluationController(Controller):
         page: PageNumber = 1,
         page_size: PageSize = 50,
         status: str | None = None,
-        project_id: str | None = None,
+        project_id: uuid.UUID | None = None,
     ) -> EvaluationList:
         """Evaluations of the workspace, newest first."""
         tenant = await resolve_scope(request, org, ws)
@@ -123,7 +123,7 @@ class EvaluationController(Controller):
             page=page,
             page_size=page_size,
             status=status,
-            project_id=project_id,
+            project_id=None if project_id is None else str(project_id),
         )
         capacity = await container_of(request).capacity()
         return EvaluationList(

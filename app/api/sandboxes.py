@@ -12,6 +12,7 @@ output, between the item's lifecycle lines.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,14 +20,14 @@ import msgspec
 from litestar import Controller, Request, delete, get
 from litestar.params import Parameter
 
-from app.api.context import container_of, org_caller
+from app.api.context import ListLimit, container_of, org_caller
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from app.services.evaluations import CommandContext
 from app.services.sandboxes import sandbox_state
 from domain.projections import EvaluationView, ItemView
 from infrastructure.identity.records import Principal, Workspace
-from infrastructure.queries import normalise_prefix
+from infrastructure.ids import normalise_prefix
 
 SANDBOX_STATES = ("running", "kept", "killed")
 # Enough of a transcript for a log; the whole one is at .../items/{id}/transcript.
@@ -182,8 +183,8 @@ class SandboxController(Controller):
             str | None,
             Parameter(query="state", description="comma-separated: running, kept, killed"),
         ] = None,
-        project_id: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        project_id: uuid.UUID | None = None,
+        limit: ListLimit = 50,
         cursor: Annotated[
             str | None, Parameter(description="next_cursor of the previous page")
         ] = None,
@@ -210,7 +211,7 @@ class SandboxController(Controller):
             sandbox_response(e, i, now)
             for e, i in found
             if (not wanted or sandbox_state(i) in wanted)
-            and (project_id is None or e.config.project_id == project_id)
+            and (project_id is None or e.config.project_id == str(project_id))
         ]
         page = rows[offset : offset + limit]
         more = offset + limit < len(rows)

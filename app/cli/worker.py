@@ -17,7 +17,7 @@ from infrastructure.settings import Settings
 
 @click.command("worker")
 @click.option("--slots", type=int, default=None, help="Items run at once (default ASSAY_WORKERS).")
-def group(slots: int | None) -> None:
+def worker_command(slots: int | None) -> None:
     """Claim queued items and run each in a sandbox until stopped (SIGINT/SIGTERM)."""
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)

@@ -88,11 +88,11 @@ class EvaluationRequest(Protocol):
     @property
     def task_config(self) -> dict[str, Any] | None: ...
     @property
-    def project_id(self) -> str | None: ...
+    def project_id(self) -> uuid.UUID | None: ...
     @property
-    def runtime_id(self) -> str | None: ...
+    def runtime_id(self) -> uuid.UUID | None: ...
     @property
-    def secret_ids(self) -> list[str] | None: ...
+    def secret_ids(self) -> list[uuid.UUID] | None: ...
     @property
     def sandbox_provider(self) -> str | None: ...
     @property
@@ -193,14 +193,14 @@ class EvaluationService:
             model=request.model,
             capability=request.capability,
             agent_type=request.agent_type,
-            project_id=request.project_id,
-            runtime_id=request.runtime_id,
+            project_id=_id_text(request.project_id),
+            runtime_id=_id_text(request.runtime_id),
             sandbox_provider=provider,
             cleanup_policy=request.cleanup_policy,
             concurrency=request.concurrency,
             task_timeout_sec=request.task_timeout_sec or self.settings.default_task_timeout_sec,
             max_retries=self.settings.default_max_retries,
-            secret_ids=tuple(request.secret_ids or ()),
+            secret_ids=tuple(str(s) for s in request.secret_ids or ()),
             task_config=request.task_config or {},
             engine=request.engine,
             max_steps=request.max_steps,
@@ -379,21 +379,20 @@ class EvaluationService:
     ) -> Runtime | None:
         """References to other resources answer 404 when they are not the caller's to use.
         Returns the runtime named, if any (the openai agent's endpoint may come from it)."""
-        if request.project_id is not None and (
-            not _is_uuid(request.project_id)
-            or await self.identity.get_project(ctx.workspace_id, request.project_id) is None
+        project_id = _id_text(request.project_id)
+        if project_id is not None and (
+            await self.identity.get_project(ctx.workspace_id, project_id) is None
         ):
-            raise NotFound(f"project {request.project_id!r}")
+            raise NotFound(f"project {project_id!r}")
         runtime: Runtime | None = None
-        if request.runtime_id is not None:
-            if _is_uuid(request.runtime_id):
-                runtime = await self.identity.get_runtime(ctx.workspace_id, request.runtime_id)
+        runtime_id = _id_text(request.runtime_id)
+        if runtime_id is not None:
+            runtime = await self.identity.get_runtime(ctx.workspace_id, runtime_id)
             if runtime is None:
-                raise NotFound(f"runtime {request.runtime_id!r}")
-        wanted = list(dict.fromkeys(request.secret_ids or ()))
+                raise NotFound(f"runtime {runtime_id!r}")
+        wanted = list(dict.fromkeys(str(s) for s in request.secret_ids or ()))
         if wanted:
-            valid = [s for s in wanted if _is_uuid(s)]
-            found = {s.id for s in await self.identity.get_secrets(ctx.principal.user.id, valid)}
+            found = {s.id for s in await self.identity.get_secrets(ctx.principal.user.id, wanted)}
             missing = [s for s in wanted if s not in found]
             if missing:
                 raise NotFound(f"secret(s) {', '.join(missing)}")
@@ -476,12 +475,9 @@ def _field_error(loc: Sequence[str | int], msg: str, type: str = "value_error") 
     return FieldProblem(loc=list(loc), msg=msg, type=type)
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+def _id_text(value: uuid.UUID | None) -> str | None:
+    """The canonical text of an id the schema decoded (how ids are stored)."""
+    return None if value is None else str(value)
 
 
 def _dataset_rows(

@@ -86,7 +86,9 @@ class EvaluationController(Controller):
         member of a task set (then the members it skipped are listed in `skipped_members`)."""
         tenant = await resolve_scope(request, org, ws)
         container = container_of(request)
-        view, report = await container.evaluations.create_reporting(_context(request, tenant), data)
+        view, report = await container.evaluations.create_reporting(
+            _context(request, tenant), data, request.headers.get("idempotency-key")
+        )
         created = evaluation_response(view, await container.capacity())
         if report.skipped_members is None:
             return created

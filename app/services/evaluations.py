@@ -15,6 +15,7 @@ import msgspec
 
 from app.api.schemas import CreateEvaluationRequest
 from app.errors import ApiError, FieldError, not_found
+from app.services.idempotency import Idempotency
 from domain import evaluation as ev
 from domain import item as it
 from domain import task_sets as ts
@@ -23,6 +24,7 @@ from infrastructure import codec
 from infrastructure.agents.registry import AGENTS, agent_names, resolve_agent
 from infrastructure.clock import utc_now
 from infrastructure.eventstore import ConcurrencyConflict, EventStore
+from infrastructure.idempotency import IdempotencyKeys
 from infrastructure.identity.records import Principal, Runtime
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
@@ -98,6 +100,7 @@ class EvaluationService:
         # Without one (tests of create alone), refs resolve in the catalog and carry no digest.
         self.tasks = tasks
         self.task_sets = task_sets
+        self.idempotency = Idempotency(IdempotencyKeys(store.engine))
         # Called after a command made items claimable, so an in-process worker starts at once.
         self.notify_work: Callable[[], None] = lambda: None
 
@@ -108,11 +111,20 @@ class EvaluationService:
         return view
 
     async def create_reporting(
-        self, ctx: CommandContext, request: CreateEvaluationRequest
+        self,
+        ctx: CommandContext,
+        request: CreateEvaluationRequest,
+        idempotency_key: str | None = None,
     ) -> tuple[EvaluationView, CreateReport]:
-        """Create, and say which members of a task set were skipped (unresolvable)."""
+        """Create, and say which members of a task set were skipped (unresolvable). With an
+        idempotency key used before for the same request: that request's evaluation."""
         if not ctx.principal.can_create(ctx.org_id, ctx.workspace_id):
             raise ApiError(403, "your role in this organization cannot create evaluations")
+        once = self.idempotency.begin(
+            ctx.principal.user.id, idempotency_key, ctx.workspace_id, request
+        )
+        if once is not None and (earlier := await once.earlier()) is not None:
+            return await self._view(earlier), CreateReport()
         errors: list[FieldError] = []
         report = CreateReport()
         specs = await self._item_specs(ctx, request, errors, report)
@@ -164,9 +176,17 @@ class EvaluationService:
             items=tuple(specs),
         )
         new_events = ev.decide(None, {}, command)
-        recorded = await self.store.append(
-            codec.to_appends(new_events, {}, self._metadata(ctx)), recorded_at=self.clock()
-        )
+        metadata = msgspec.structs.replace(self._metadata(ctx), idempotency_key=idempotency_key)
+        try:
+            recorded = await self.store.append(
+                codec.to_appends(new_events, {}, metadata),
+                recorded_at=self.clock(),
+                side_writes=[once.record(evaluation_id)] if once is not None else [],
+            )
+        except ConcurrencyConflict:  # a concurrent request with the same key came first
+            if once is None or (earlier := await once.earlier()) is None:
+                raise
+            return await self._view(earlier), CreateReport()
         self.notify_work()
         # A new evaluation's row is exactly the fold of its own events: no read needed.
         return fold(recorded).evaluations[evaluation_id], report

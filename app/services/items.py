@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from domain import item as it
 from domain.projections import ItemView
 from infrastructure import codec
+from infrastructure.db.outage import ride_out
 from infrastructure.eventstore import ConcurrencyConflict, EventStore, SideWrite
 
 
@@ -68,7 +69,14 @@ class ItemHandle:
                 decided, {("item", self.state.item_id): self.state.version}, metadata
             )
             try:
-                await self.store.append(appends, recorded_at=self.clock(), side_writes=side_writes)
+                # Retried through a database restart with the same event ids: idempotent.
+                recorded_at = self.clock()
+                await ride_out(
+                    lambda: self.store.append(
+                        appends, recorded_at=recorded_at, side_writes=side_writes
+                    ),
+                    what="item append",
+                )
             except ConcurrencyConflict as exc:
                 raise ItemLost(f"item {self.state.item_id} moved: {exc}") from exc
             self.state = state

@@ -32,6 +32,7 @@ from infrastructure.agents.registry import create_agent
 from infrastructure.clock import iso, utc_now
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.store import IdentityStore
+from infrastructure.metrics import track_pool, untrack_pool
 from infrastructure.registry.bundles import BundleSource
 from infrastructure.sandbox.local.principals import parse_uid_range
 from infrastructure.sandbox.protocol import SandboxProvider
@@ -136,21 +137,22 @@ class WorkerPool:
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
         ]
+        track_pool(self)
         log.info("worker_started", worker_id=self.worker_id, slots=self.slots)
 
     async def stop(self) -> None:
-        """Stop claiming, let running items end, and leave the registry."""
-        self._stopping = True
+        """Stop claiming, let running items end within the grace period, hand back the rest
+        (see "graceful shutdown" below), and leave the registry."""
+        self._stopping = True  # the claim loop ends; maintenance still renews leases
         self._wake.set()
+        await self._finish_running(self.settings.shutdown_grace_seconds)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        running = [task for task, _ in self._running.values()]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        interrupted = await self._interrupt_running()
+        untrack_pool(self)
         await self.queue.unregister_worker(self.worker_id)
-        log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=len(running))
+        log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=interrupted)
 
     def wake(self) -> None:
         """New work may be claimable (an evaluation was created or reopened in this process)."""
@@ -309,7 +311,7 @@ class WorkerPool:
     async def _maintenance_loop(self) -> None:
         renew_every = max(0.2, self.settings.lease_seconds / 3)
         next_heartbeat = 0.0
-        while not self._stopping:
+        while True:  # until stop() cancels it, after the grace period: leases stay renewed
             await asyncio.sleep(renew_every)
             # Each step on its own: a failing one must not cost the others their turn (a
             # skipped heartbeat would make this live worker look dead to the others).
@@ -380,6 +382,53 @@ class WorkerPool:
             reaped = await self.providers.get(name).reap_orphans(live)
             if reaped:
                 log.warning("orphan_sandboxes_destroyed", provider=name, sandboxes=reaped)
+
+    # ---- graceful shutdown and metrics ----
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._running)
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self._stopping else max(0, self.slots - len(self._running))
+
+    async def _finish_running(self, grace_seconds: float) -> None:
+        """Wait up to `grace_seconds` for the running items to end on their own."""
+        running = [task for task, _ in self._running.values()]
+        if not running or grace_seconds <= 0:
+            return
+        log.info("worker_draining", worker_id=self.worker_id, items=len(running))
+        await asyncio.wait(running, timeout=grace_seconds)
+
+    async def _interrupt_running(self) -> int:
+        """Stop what still runs after the grace period and hand each item back at once: an
+        infra failure that will retry (as when a lease lapses, it counts one retry), so
+        another worker claims it now instead of after the lease expires."""
+        entries = list(self._running.values())
+        for task, _ in entries:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in entries), return_exceptions=True)
+        now = iso(datetime.now(UTC))
+        for _, handle in entries:
+            if handle.status not in it.IN_FLIGHT:
+                continue  # it ended while being stopped
+            try:
+                await handle.apply(
+                    it.ItemInfraFailed(
+                        item_id=handle.state.item_id,
+                        evaluation_id=handle.state.evaluation_id,
+                        error=f"worker {self.worker_id} shut down; item handed back",
+                        will_retry=True,
+                        retry_not_before=now,
+                    )
+                )
+                log.info("item_handed_back", item_id=handle.state.item_id)
+            except (ItemLost, IllegalTransition):
+                pass  # moved meanwhile (cancelled, or taken back): nothing of ours to return
+            except Exception as exc:  # the database is away: the lease lapses as a fallback
+                log.error("hand_back_failed", item_id=handle.state.item_id, error=repr(exc))
+        return len(entries)
 
 
 def _env_name(name: str) -> str:

@@ -44,7 +44,9 @@ from infrastructure.agents.protocol import (
     redact,
 )
 from infrastructure.clock import iso
+from infrastructure.db.outage import is_database_unavailable
 from infrastructure.eventstore import SideWrite
+from infrastructure.metrics import sandbox_start
 from infrastructure.registry.bundles import BundleSource
 from infrastructure.sandbox.protocol import (
     EgressPolicy,
@@ -161,7 +163,12 @@ class ItemRunner:
         handle = job.handle
         while not work.done():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
-            stored = await self.queue.item_version(job.item.id)
+            try:
+                stored = await self.queue.item_version(job.item.id)
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    raise
+                continue  # the database restarts: look again once it is back
             if handle.busy:
                 continue  # our own append may have committed before the handle caught up
             if stored is None or stored > handle.state.version:
@@ -304,7 +311,8 @@ class ItemRunner:
             services=task.services,
             env={**variables_env, **job.secrets_env},
         )
-        sandbox = await job.provider.provision(spec)
+        with sandbox_start():
+            sandbox = await job.provider.provision(spec)
         job.sandbox = sandbox
         # The agent gets the task's files, never its answers: no task.yaml (it holds the flag),
         # no reference solution, no checker, no service's files (see Task.agent_tree).

@@ -290,6 +290,7 @@ class EvaluationController(Controller):
                     actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
                     request_id=metadata.request_id,
                     recorded_at=record.recorded_at,
+                    idempotency_key=metadata.idempotency_key,
                 )
             )
         next_after = records[-1].position if len(records) == limit else None

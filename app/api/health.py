@@ -40,7 +40,9 @@ async def ready(request: Request[Any, Any, Any]) -> Health:
         last = await container.store.last_position()
     except Exception as exc:
         log.warning("not_ready", reason="database unreachable", error=repr(exc))
-        raise ApiError(503, f"database unreachable ({type(exc).__name__})") from exc
+        raise ApiError(
+            503, f"database unreachable ({type(exc).__name__})", headers={"Retry-After": "5"}
+        ) from exc
     wanted = head_revisions()
     if current != wanted:
         raise ApiError(

@@ -5,6 +5,7 @@
 2. Past it, the worker stops the item and hands it back at once (item.infra_failed "shut down;
    item handed back", will_retry), so another worker claims it long before the first worker's
    lease would have lapsed, and the item ends exactly once.
+3. `assay serve` does the same with the worker it runs in-process.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import pytest
 from infrastructure.settings import Settings
 from tests.app import test_worker_processes as processes
 from tests.app.conftest import Api
+from tests.app.dn_client import free_port
 from tests.app.http_helpers import items_of
 from tests.app.test_worker_processes import (
+    ASSAY,
     TRIVIAL_FLAG,
     Workers,
     _write_bundle,
@@ -163,3 +166,27 @@ def test_past_the_grace_period_the_item_is_handed_back_and_another_worker_takes_
     assert claims[0]["position"] < back["position"] < claims[1]["position"]
     assert claims[1]["recorded_at"] < lease
     assert [e["type"] for e in events if is_terminal(e)] == ["item.verdict"]
+
+
+def test_assay_serve_hands_its_in_process_workers_item_back_on_sigterm(
+    api: Api, start_workers: Callable[[float], GracefulWorkers], tmp_path: Path
+) -> None:
+    pool = start_workers(1)
+    env = {**pool.env(), "ASSAY_WORKERS": "1", "ASSAY_PORT": str(free_port())}
+    with (tmp_path / "serve.log").open("wb") as out:
+        server = subprocess.Popen(
+            [str(ASSAY), "serve"], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
+    pool.procs.append(server)  # killed at teardown if it outlives the test
+    pool.logs[server.pid] = tmp_path / "serve.log"
+    evaluation_id = create(api, task_names=["once-slow"], concurrency=1)
+    item_id = _agent_running(api, evaluation_id)["id"]
+
+    # uvicorn re-raises the signal once its shutdown (our lifespan's included) is complete.
+    assert _terminate(server, timeout=30) in (0, -signal.SIGTERM), pool.log_of(server)
+    assert '"worker_stopped"' in pool.log_of(server)
+
+    (item,) = items_of(api, evaluation_id)
+    assert item["status"] == "queued" and item["retry_count"] == 1
+    events = [e for e in history(api, evaluation_id) if e["stream_id"] == item_id]
+    assert "shut down; item handed back" in events[-1]["data"]["error"]

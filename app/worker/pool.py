@@ -30,6 +30,7 @@ from domain.errors import IllegalTransition
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.registry import create_agent
 from infrastructure.clock import iso, utc_now
+from infrastructure.db.outage import is_database_unavailable
 from infrastructure.eventstore import EventStore
 from infrastructure.identity.store import IdentityStore
 from infrastructure.metrics import track_pool, untrack_pool
@@ -167,7 +168,7 @@ class WorkerPool:
                 try:
                     claimed = await self._claim_round()
                 except Exception as exc:
-                    log.error("claim_failed", exc_info=exc)
+                    _log_failure("claim_failed", exc)
             if claimed == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -326,7 +327,7 @@ class WorkerPool:
         try:
             await step()
         except Exception as exc:
-            log.error("maintenance_failed", step=name, exc_info=exc)
+            _log_failure("maintenance_failed", exc, step=name)
 
     async def _heartbeat(self) -> None:
         await self.queue.heartbeat(self.worker_id, utc_now())
@@ -429,6 +430,15 @@ class WorkerPool:
             except Exception as exc:  # the database is away: the lease lapses as a fallback
                 log.error("hand_back_failed", item_id=handle.state.item_id, error=repr(exc))
         return len(entries)
+
+
+def _log_failure(event: str, exc: Exception, **fields: str) -> None:
+    """A database that is away (restarting) is a warning without a traceback: the loops retry
+    on their own and would otherwise print one per poll; anything else is an error."""
+    if is_database_unavailable(exc):
+        log.warning(event, reason="database unavailable", error=repr(exc), **fields)
+    else:
+        log.error(event, exc_info=exc, **fields)
 
 
 def _env_name(name: str) -> str:

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import asyncpg
 import structlog
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 log = structlog.get_logger("assay.db")
 
@@ -42,30 +42,27 @@ _SQLITE_BUSY = ("database is locked", "database is busy")
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` (or what it wraps) says the database cannot be reached right now."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
+    """Whether `exc`, as the database layer raised it, says the database cannot be reached
+    right now. Only the database layer's own wrapping is looked through: a refused connection
+    inside another library's error (an outbound HTTP call) is not the database."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
             return True
-        if isinstance(current, OperationalError | InterfaceError):
-            original = current.orig
-            if isinstance(original, sqlite3.OperationalError):
-                return any(text in str(original) for text in _SQLITE_BUSY)
-            if original is not None and _is_driver_outage(original):
-                return True
-        if _is_driver_outage(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+        original = exc.orig
+        if isinstance(original, sqlite3.OperationalError):
+            return any(text in str(original) for text in _SQLITE_BUSY)
+        # SQLAlchemy's asyncpg adapter raises its own classes with the driver's error as cause.
+        return any(
+            candidate is not None and _is_driver_outage(candidate)
+            for candidate in (original, getattr(original, "__cause__", None), exc.__cause__)
+        )
+    # Raised unwrapped when a new connection cannot be opened (the server is down).
+    return _is_driver_outage(exc)
 
 
 def _is_driver_outage(exc: BaseException) -> bool:
     if isinstance(exc, _DRIVER_OUTAGES):
         return True
-    # SQLAlchemy's asyncpg adapter re-raises driver errors as its own classes and keeps the
-    # driver's exception in `__cause__`; the adapter's names are all we see without it.
     return type(exc).__name__ in {"ConnectionDoesNotExistError", "CannotConnectNowError"}
 
 

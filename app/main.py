@@ -19,6 +19,7 @@ from litestar.types import ControllerRouterHandler
 from app.api.capabilities import CapabilityController
 from app.api.evaluations import EvaluationController
 from app.api.health import health, ready
+from app.api.metrics import metrics_endpoint
 from app.api.oci import ClientRegistryController, RegistryController
 from app.api.runtimes import RuntimeController
 from app.api.sandboxes import SandboxController
@@ -49,6 +50,7 @@ ROUTES: list[ControllerRouterHandler] = [
     TaskProblemController,
     health,
     ready,
+    metrics_endpoint,
 ]
 
 
@@ -90,7 +92,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             RateLimitConfig(
                 rate_limit=("minute", settings.rate_limit),
                 identifier_for_request=_rate_limit_identity,
-                exclude=["/health", "/ready", "/schema"],
+                exclude=["/health", "/ready", "/metrics", "/schema"],
             ).middleware
         )
 

@@ -16,13 +16,14 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.registry_paths import is_registry_path
 from app.errors import ApiError
+from infrastructure.metrics import observe_request
 
 _SDK_AGENT = re.compile(r"dreadnode-sdk/(\d+(?:\.\d+)*)")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _WANTED = (b"x-request-id", b"user-agent", b"content-type", b"content-length", b"transfer-encoding")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 # Probes a load balancer sends every few seconds: their access lines are debug, not info.
-_PROBES = frozenset({"/health", "/ready"})
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 access_log = structlog.get_logger("assay.access")
 
@@ -97,13 +98,15 @@ def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
                 raise
             finally:
                 path = scope["path"]
+                elapsed = time.perf_counter() - started
+                observe_request(scope["method"], scope.get("path_template"), status, elapsed)
                 write = access_log.debug if path in _PROBES else access_log.info
                 write(
                     "request",
                     method=scope["method"],
                     path=path,
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
                 structlog.contextvars.unbind_contextvars("request_id")
 

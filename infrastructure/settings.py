@@ -70,6 +70,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_blob_bytes: int = 64 * 1024 * 1024
     # Where bundles are unpacked by digest (what create validates and the worker runs).
     bundle_cache: str = ".assay/bundles"
+    # Bearer token `GET /metrics` requires; unset: the metrics are open (bind to a private net).
+    metrics_token: str | None = None
+    # After SIGTERM a worker claims nothing more and lets running items finish this long, then
+    # hands the rest back to the queue at once for another worker.
+    shutdown_grace_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -108,6 +113,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("view_tail_seconds", float),
             ("max_blob_bytes", int),
             ("bundle_cache", str),
+            ("metrics_token", str),
+            ("shutdown_grace_seconds", float),
         ):
             raw = get(field.upper())
             if raw is not None:

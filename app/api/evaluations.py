@@ -86,16 +86,30 @@ class EvaluationController(Controller):
     @post(
         "/evaluation",
         status_code=201,
-        responses=errors_for(400, 401, 403, 404, 413, 415, 422, 426, 429),
+        responses=errors_for(400, 401, 403, 404, 409, 413, 415, 422, 426, 429),
     )
     async def create_evaluation(
-        self, request: Request[Any, Any, Any], org: str, ws: str, data: CreateEvaluationRequest
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        data: CreateEvaluationRequest,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header="Idempotency-Key",
+                description="Same key and body within 24 h: the first evaluation again (201); "
+                "same key, other body: 409 already_exists.",
+            ),
+        ] = None,
     ) -> EvaluationResponse:
         """Create an evaluation: one queued item per task name, dataset row, or runnable
         member of a task set (then the members it skipped are listed in `skipped_members`)."""
         tenant = await resolve_scope(request, org, ws)
         container = container_of(request)
-        view, report = await container.evaluations.create_reporting(_context(request, tenant), data)
+        view, report = await container.evaluations.create_reporting(
+            _context(request, tenant), data, idempotency_key
+        )
         created = evaluation_response(view, await container.capacity())
         if report.skipped_members is None:
             return created
@@ -297,6 +311,7 @@ class EvaluationController(Controller):
                     actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
                     request_id=metadata.request_id,
                     recorded_at=record.recorded_at,
+                    idempotency_key=metadata.idempotency_key,
                 )
             )
         next_after = records[-1].position if len(records) == limit else None

@@ -228,6 +228,8 @@ class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
     actor: dict[str, Any] | None
     request_id: str | None
     recorded_at: str
+    # The Idempotency-Key of the create request that appended it (evaluation.created).
+    idempotency_key: str | None = None
 
 
 class TranscriptSession(msgspec.Struct, frozen=True, kw_only=True):

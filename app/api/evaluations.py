@@ -8,7 +8,10 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from app.api.context import container_of, request_id_of, resolve_scope
+from app.api.context import command_context as _context
+from app.api.context import container_of, resolve_scope
+from app.api.context import evaluation_in as _evaluation
+from app.api.context import item_in as _item
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -16,55 +19,19 @@ from app.api.schemas import (
     EvaluationHistory,
     EvaluationList,
     EvaluationResponse,
-    HistoryEvent,
     ItemList,
     ItemResponse,
     Transcript,
     TranscriptMessageResponse,
     TranscriptSession,
     evaluation_response,
+    history_event,
     item_response,
 )
-from app.auth import Scope
 from app.errors import ApiError, not_found
-from app.services.evaluations import CommandContext
 from domain import analytics
 from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
-from domain.projections import EvaluationView, ItemView
-from infrastructure import codec
-
-
-def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
-    return CommandContext(
-        principal=tenant.principal,
-        org_id=tenant.org.id,
-        workspace_id=tenant.workspace.id,
-        request_id=request_id_of(request),
-    )
-
-
-async def _evaluation(
-    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
-) -> EvaluationView:
-    queries = container_of(request).queries
-    evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
-    view = await queries.evaluation(evaluation_id) if evaluation_id else None
-    if view is None or view.workspace_id != tenant.workspace.id:
-        raise not_found(f"evaluation {raw_id!r}")
-    return view
-
-
-async def _item(
-    request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str
-) -> ItemView:
-    queries = container_of(request).queries
-    item_id = await queries.resolve_item_id(evaluation.id, raw_id)
-    item = await queries.item(evaluation.id, item_id) if item_id else None
-    if item is None:
-        raise not_found(f"item {raw_id!r}")
-    return item
-
 
 PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
@@ -272,23 +239,6 @@ class EvaluationController(Controller):
         records = await container_of(request).queries.evaluation_history(
             view.id, after_position=after, limit=limit
         )
-        events = []
-        for record in records:
-            metadata = codec.decode_metadata(record)
-            events.append(
-                HistoryEvent(
-                    position=record.position,
-                    event_id=record.event_id,
-                    stream_type=record.stream_type,
-                    stream_id=record.stream_id,
-                    stream_version=record.stream_version,
-                    type=record.event_type,
-                    schema_version=record.schema_version,
-                    data=msgspec.json.decode(record.data),
-                    actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
-                    request_id=metadata.request_id,
-                    recorded_at=record.recorded_at,
-                )
-            )
+        events = [history_event(record) for record in records]
         next_after = records[-1].position if len(records) == limit else None
         return EvaluationHistory(evaluation_id=view.id, events=events, next_after=next_after)

@@ -154,7 +154,13 @@ async def evaluation_page(
 def _event_summary(event: HistoryEvent) -> str:
     data = event.data if isinstance(event.data, dict) else {}
     keep = ("status", "passed", "error", "worker_id", "reason", "retry_count", "isolation")
-    parts = [f"{k}={data[k]}" for k in keep if data.get(k) not in (None, "", {})]
+    parts = []
+    for key in keep:
+        value = data.get(key)
+        if isinstance(value, dict):  # e.g. the sandbox's isolation report: its level says it
+            value = value.get("level")
+        if value not in (None, "", {}):
+            parts.append(f"{key}={value}")
     return ", ".join(parts)
 
 

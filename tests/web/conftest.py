@@ -4,7 +4,7 @@ client that keeps cookies and sends the CSRF token its forms carry."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,3 +93,12 @@ def add_member_key(site: Site, email: str, role: str) -> str:
 
     result: str = run_identity(site.settings, action)
     return result
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, Any, None]:
+    """Keeps each phase's report on the test, so fixtures can tell a failure at teardown (the
+    browser suite then saves a screenshot of every open page)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)

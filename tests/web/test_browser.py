@@ -236,7 +236,7 @@ def test_a_viewer_has_no_cancel_button_and_a_forged_cancel_is_refused(
     assert forged.status == 403
     # And without a token at all, refused before any role is looked at.
     assert context.request.post(url + "/cancel", form={}).status == 403
-    status, body = server.api("GET", f"/evaluation/{created['id']}")
+    _, body = server.api("GET", f"/evaluation/{created['id']}")
     assert body["status"] in ("queued", "running")
     server.api("POST", f"/evaluation/{created['id']}/cancel")  # frees the worker slot
 

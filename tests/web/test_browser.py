@@ -181,7 +181,6 @@ def test_start_an_oracle_evaluation_from_the_form_and_watch_it_complete(
     page.get_by_role("link", name="Evaluations", exact=True).click()
     row = page.locator("tbody#rows tr", has_text="browser-oracle")
     assert "completed" in row.inner_text() and "100%" in row.inner_text()
-    _screenshot_for_docs(page, "evaluations.png")
 
 
 def test_a_failed_items_page_shows_the_verdict_and_what_the_agent_did(
@@ -204,6 +203,13 @@ def test_a_failed_items_page_shows_the_verdict_and_what_the_agent_did(
     page.go_back()
     page.get_by_role("link", name="find-the-flag").click()
     assert page.locator("#verdict").inner_text() == "Passed"
+    # The failed item can be run again from the evaluation's page.
+    page.go_back()
+    page.get_by_role("button", name="Retry failed items").click()
+    page.wait_for_load_state()
+    _status, history = server.api("GET", f"/evaluation/{created['id']}/events")
+    assert "evaluation.reopened" in [event["type"] for event in history["events"]]
+    _wait_status(server, created["id"], {"partial", "completed", "failed"})
 
 
 def test_cancel_a_running_evaluation_from_its_page(context: Any, server: LiveServer) -> None:

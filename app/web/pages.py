@@ -80,6 +80,15 @@ class WorkspacePages(Controller):
         context = await views.item_page(request, tenant, evaluation_id, item_id)
         return Template("item.html", context=context)
 
+    @get("/evaluations/{evaluation_id:str}/items/{item_id:str}/live")
+    async def item_live(
+        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str, item_id: str
+    ) -> Template:
+        """The item page's verdict, timeline and transcript, polled while the item runs."""
+        tenant = await web_scope(request, org, ws)
+        context = await views.item_page(request, tenant, evaluation_id, item_id)
+        return Template("_item_live.html", context=context)
+
     @get("/evaluations/{evaluation_id:str}/history")
     async def history(
         self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str

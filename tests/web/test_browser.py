@@ -275,3 +275,21 @@ def test_api_docs_render_with_no_asset_from_elsewhere(context: Any, server: Live
     page.locator(".swagger-ui .info .title").wait_for()
     assert "Assay evaluation API" in page.locator(".swagger-ui .info .title").inner_text()
     assert outside == []
+
+
+def test_a_running_items_page_follows_it_to_its_end(context: Any, server: LiveServer) -> None:
+    assert server.tenant is not None
+    created = _api_create(server, name="item-live", task_names=["slow-task"])
+    _wait_status(server, created["id"], {"running"})
+    _, items = server.api("GET", f"/evaluation/{created['id']}/items")
+    page = _sign_in(context, server, server.tenant.api_key)
+    page.goto(
+        f"{server.url}/w/{server.org}/{server.workspace}/evaluations/{created['id']}"
+        f"/items/{items['items'][0]['id']}"
+    )
+    page.evaluate("window.__assayNoReload = true")
+    assert "no verdict yet" in page.locator("#verdict").inner_text()
+    server.api("POST", f"/evaluation/{created['id']}/cancel")
+    page.locator('[data-terminal="true"]').wait_for(timeout=TIMEOUT_MS)
+    assert page.locator("#verdict").inner_text() == "cancelled"
+    assert page.evaluate("window.__assayNoReload") is True

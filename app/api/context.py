@@ -41,20 +41,10 @@ def request_id_of(request: Request[Any, Any, Any]) -> str | None:
     return request_id
 
 
-def command_context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
-    """Who acts, where, under which request id: what every command handler takes."""
-    return CommandContext(
-        principal=tenant.principal,
-        org_id=tenant.org.id,
-        workspace_id=tenant.workspace.id,
-        request_id=request_id_of(request),
-    )
-
-
 async def evaluation_in(
     request: Request[Any, Any, Any], tenant: Scope, raw_id: str
 ) -> EvaluationView:
-    """The workspace's evaluation by id or unique prefix; another workspace's is a 404."""
+    """The workspace's evaluation that `raw_id` names (an id or unique prefix), or 404."""
     queries = container_of(request).queries
     evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
     view = await queries.evaluation(evaluation_id) if evaluation_id else None
@@ -66,10 +56,19 @@ async def evaluation_in(
 async def item_in(
     request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str
 ) -> ItemView:
-    """The evaluation's item by id or unique prefix."""
     queries = container_of(request).queries
     item_id = await queries.resolve_item_id(evaluation.id, raw_id)
     item = await queries.item(evaluation.id, item_id) if item_id else None
     if item is None:
         raise not_found(f"item {raw_id!r}")
     return item
+
+
+def command_context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
+    """Who acts, where, under which request id: what every command handler takes."""
+    return CommandContext(
+        principal=tenant.principal,
+        org_id=tenant.org.id,
+        workspace_id=tenant.workspace.id,
+        request_id=request_id_of(request),
+    )

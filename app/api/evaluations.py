@@ -9,9 +9,12 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from app.api.context import command_context as _context
-from app.api.context import container_of, resolve_scope
-from app.api.context import evaluation_in as _evaluation
-from app.api.context import item_in as _item
+from app.api.context import (
+    container_of,
+    evaluation_in,
+    item_in,
+    resolve_scope,
+)
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -98,7 +101,7 @@ class EvaluationController(Controller):
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
         tenant = await resolve_scope(request, org, ws)
         return evaluation_response(
-            await _evaluation(request, tenant, evaluation_id),
+            await evaluation_in(request, tenant, evaluation_id),
             await container_of(request).capacity(),
         )
 
@@ -112,7 +115,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         container = container_of(request)
         cancelled = await container.evaluations.cancel(_context(request, tenant), view.id)
         return evaluation_response(cancelled, await container.capacity())
@@ -127,7 +130,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         container = container_of(request)
         reopened = await container.evaluations.retry_failed(_context(request, tenant), view.id)
         return evaluation_response(reopened, await container.capacity())
@@ -138,7 +141,7 @@ class EvaluationController(Controller):
     ) -> analytics.Analytics:
         """Pass rate, counts, per-task breakdown, durations and grouped errors."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id)
         return analytics.compute(view, items)
 
@@ -157,7 +160,7 @@ class EvaluationController(Controller):
         tenant = await resolve_scope(request, org, ws)
         if status is not None and status not in ITEM_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(ITEM_STATUSES)}")
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id, status=status)
         return ItemList(items=[item_response(i) for i in items], total=len(items))
 
@@ -170,8 +173,8 @@ class EvaluationController(Controller):
     ) -> ItemResponse:
         """One item by id or unique id prefix."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
-        return item_response(await _item(request, view, item_id))
+        view = await evaluation_in(request, tenant, evaluation_id)
+        return item_response(await item_in(request, view, item_id))
 
     @get(
         "/evaluation/{evaluation_id:str}/items/{item_id:str}/transcript",
@@ -190,8 +193,8 @@ class EvaluationController(Controller):
         """What the agent said and did in the item's latest attempt (secrets redacted);
         404 when the item never started an agent."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
-        item = await _item(request, view, item_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
+        item = await item_in(request, view, item_id)
         if item.session_id is None:
             raise not_found(f"transcript of item {item_id!r} (its agent never started)")
         messages = await container_of(request).queue.transcript(
@@ -235,7 +238,7 @@ class EvaluationController(Controller):
     ) -> EvaluationHistory:
         """The evaluation's history in commit order, for auditors: who did what, when."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         records = await container_of(request).queries.evaluation_history(
             view.id, after_position=after, limit=limit
         )

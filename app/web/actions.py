@@ -123,8 +123,13 @@ class StartForm(Controller):
         tenant = await web_scope(request, org, ws)
         form = await request.form()
         body, bad = _form_request(form)
-        values = {**body, "agent": body.get("agent_type", "")}
+        values = {**body, "agent": body.get("agent_type", "")}  # as typed, before lookups
         errors: dict[str, list[str]] = {k: [v] for k, v in bad.items()}
+        if not errors and body.get("project_id"):
+            try:  # a project by key, as the list's filter takes it
+                body["project_id"] = await views.project_id_of(request, tenant, body["project_id"])
+            except ApiError as error:
+                errors["project_id"] = [error.detail]
         if not errors:
             try:
                 data = msgspec.convert(body, CreateEvaluationRequest)

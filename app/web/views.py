@@ -3,6 +3,7 @@ API (never through HTTP): one function per page, returning the template's contex
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from litestar import Request
@@ -30,6 +31,14 @@ BAR_ORDER = (
     "claimed",
     "queued",
 )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def layout(tenant: Scope) -> dict[str, Any]:
@@ -82,11 +91,8 @@ async def project_id_of(request: Request[Any, Any, Any], tenant: Scope, key: str
     if not key:
         return ""
     project = await identity.get_project_by_key(tenant.workspace.id, key)
-    if project is None:
-        try:
-            project = await identity.get_project(tenant.workspace.id, key)
-        except Exception:  # not a uuid: the database may refuse the comparison
-            project = None
+    if project is None and _is_uuid(key):
+        project = await identity.get_project(tenant.workspace.id, key)
     if project is None:
         raise ApiError(404, f"project {key!r} not found")
     return project.id

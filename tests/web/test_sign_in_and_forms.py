@@ -3,6 +3,7 @@ backends). The browser suite (test_browser.py) drives the same pages in Chromium
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 from typing import Any
 from urllib.parse import quote
@@ -124,7 +125,7 @@ def test_the_start_form_creates_through_the_service(site: Site) -> None:
 def _errors_of(html: str, field: str) -> str:
     found = re.search(rf'<ul class="field-errors" id="{field}-errors"[^>]*>(.*?)</ul>', html, re.S)
     assert found, f"no errors shown for {field}"
-    return found.group(1)
+    return html_lib.unescape(found.group(1))
 
 
 def test_the_start_form_shows_the_services_errors_next_to_their_fields(site: Site) -> None:
@@ -169,3 +170,23 @@ def test_sign_out_ends_the_session(site: Site) -> None:
     )
     assert response.status_code == 303
     assert site.client.get(site.base + "/", follow_redirects=False).status_code == 303
+
+
+def test_the_start_form_takes_a_project_by_key_and_names_an_unknown_one(site: Site) -> None:
+    site.sign_in()
+    unknown = site.submit(site.base + "/new", site.base + "/new", _form("x", project_id="nope"))
+    assert unknown.status_code == 422
+    assert "project 'nope' not found" in _errors_of(unknown.text, "project_id")
+    made = site.submit(site.base + "/new", site.base + "/new", _form("x", project_id="default"))
+    assert made.status_code == 303
+    listed = site.client.get(site.base + "/?project=default").text
+    assert made.headers["location"].rsplit("/", 1)[1][:8] in listed
+
+
+def test_what_users_typed_is_shown_as_text_never_run(site: Site) -> None:
+    site.sign_in()
+    evaluation = site.api_create(name="<script>alert(1)</script>")
+    for path in ("/", f"/evaluations/{evaluation['id']}"):
+        html = site.client.get(site.base + path).text
+        assert "<script>alert(1)" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

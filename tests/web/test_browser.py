@@ -249,9 +249,20 @@ def test_a_viewer_has_no_cancel_button_and_a_forged_cancel_is_refused(
 
 def test_pages_fit_a_phone_and_work_by_keyboard(context: Any, server: LiveServer) -> None:
     assert server.tenant is not None
+    created = _api_create(server, name="phone", task_names=["find-the-flag"])
+    _wait_status(server, created["id"], {"completed", "partial", "failed"})
+    _, items = server.api("GET", f"/evaluation/{created['id']}/items")
+    evaluation = f"/evaluations/{created['id']}"
     page = _sign_in(context, server, server.tenant.api_key)
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/", "/tasks", "/new"):
+    for path in (
+        "/",
+        "/tasks",
+        "/new",
+        evaluation,
+        f"{evaluation}/items/{items['items'][0]['id']}",
+        f"{evaluation}/history",
+    ):
         page.goto(f"{server.url}/w/{server.org}/{server.workspace}{path}")
         overflow = page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"

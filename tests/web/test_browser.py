@@ -304,3 +304,18 @@ def test_a_running_items_page_follows_it_to_its_end(context: Any, server: LiveSe
     page.locator('[data-terminal="true"]').wait_for(timeout=TIMEOUT_MS)
     assert page.locator("#verdict").inner_text() == "cancelled"
     assert page.evaluate("window.__assayNoReload") is True
+
+
+def test_the_list_updates_running_rows_by_itself(context: Any, server: LiveServer) -> None:
+    assert server.tenant is not None
+    created = _api_create(server, name="row-live", task_names=["slow-task"])
+    _wait_status(server, created["id"], {"running"})
+    page = _sign_in(context, server, server.tenant.api_key)
+    page.evaluate("window.__assayNoReload = true")
+    row = page.locator("tbody#rows tr", has_text="row-live")
+    assert "running" in row.inner_text()
+    server.api("POST", f"/evaluation/{created['id']}/cancel")
+    page.locator("tbody#rows tr[data-status='cancelled']", has_text="row-live").wait_for(
+        timeout=TIMEOUT_MS
+    )
+    assert page.evaluate("window.__assayNoReload") is True

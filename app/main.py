@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             RateLimitConfig(
                 rate_limit=("minute", settings.rate_limit),
                 identifier_for_request=_rate_limit_identity,
-                exclude=["/health", "/ready", "/schema", "/static"],
+                exclude=["/health", "/ready", "/schema", "/static", "/vendor"],
             ).middleware
         )
 

@@ -13,7 +13,6 @@ from litestar import Litestar, Request
 from litestar.config.app import AppConfig
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from app.api.capabilities import CapabilityController
@@ -34,6 +33,7 @@ from app.container import Container
 from app.errors import handle_exception
 from app.logging import configure_logging
 from app.middleware import request_middleware
+from app.web import api_docs_plugin, template_config, web_routes
 from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
 
@@ -92,12 +92,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             RateLimitConfig(
                 rate_limit=("minute", settings.rate_limit),
                 identifier_for_request=_rate_limit_identity,
-                exclude=["/health", "/ready", "/metrics", "/schema"],
+                exclude=["/health", "/ready", "/metrics", "/schema", "/static", "/vendor"],
             ).middleware
         )
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *web_routes(settings)],
+        template_config=template_config(),
         lifespan=[lifespan],
         middleware=[request_middleware(settings.min_client_version), *middleware],
         exception_handlers={Exception: handle_exception},
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 "{code, detail, type, errors?, request_id}."
             ),
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[api_docs_plugin()],
         ),
         on_app_init=[_no_debug],
         debug=False,

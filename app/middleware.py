@@ -1,6 +1,6 @@
 """What every request goes through first, on the raw ASGI scope (cheap: one header scan):
-a request id (bound to the log context and echoed), the client version floor, the rule that a
-request with a body sends JSON, and one access line per request once it is answered (method,
+a request id (bound to the log context and echoed), the client version floor, the rule that an
+API request with a body sends JSON, and one access line per request once it is answered (method,
 path, status, duration in ms, request id)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import structlog
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.registry_paths import is_registry_path
@@ -90,11 +91,15 @@ def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
 
             try:
                 check_client_version(headers.get(b"user-agent", ""), min_client_version)
-                if not is_registry_path(scope["path"]):  # registry bodies are bytes
+                # Registry bodies are bytes; the dashboard's forms (outside /api/) are forms.
+                if scope["path"].startswith("/api/") and not is_registry_path(scope["path"]):
                     check_json_body(scope["method"], headers)
                 await app(scope, receive, send_with_id)
             except ApiError as exc:
                 status = exc.status
+                raise
+            except HTTPException as exc:  # e.g. the dashboard's CSRF check, refused as 403
+                status = exc.status_code
                 raise
             finally:
                 path = scope["path"]

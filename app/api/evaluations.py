@@ -9,7 +9,15 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from app.api.context import PageNumber, container_of, request_id_of, resolve_scope
+from app.api.context import (
+    PageNumber,
+    container_of,
+    evaluation_id_in,
+    evaluation_in,
+    item_in,
+    resolve_scope,
+)
+from app.api.context import command_context as _context
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -17,64 +25,19 @@ from app.api.schemas import (
     EvaluationHistory,
     EvaluationList,
     EvaluationResponse,
-    HistoryEvent,
     ItemList,
     ItemResponse,
     Transcript,
     TranscriptMessageResponse,
     TranscriptSession,
     evaluation_response,
+    history_event,
     item_response,
 )
-from app.auth import Scope
 from app.errors import ApiError, not_found
-from app.services.evaluations import CommandContext
 from domain import analytics
 from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
-from domain.projections import EvaluationView, ItemView
-from infrastructure import codec
-
-
-def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
-    return CommandContext(
-        principal=tenant.principal,
-        org_id=tenant.org.id,
-        workspace_id=tenant.workspace.id,
-        request_id=request_id_of(request),
-    )
-
-
-async def _evaluation_id(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> str:
-    """The full id of the workspace's evaluation named by id or unique prefix (commands load
-    the evaluation itself from its streams)."""
-    found = await container_of(request).queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
-    if found is None:
-        raise not_found(f"evaluation {raw_id!r}")
-    return found
-
-
-async def _evaluation(
-    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
-) -> EvaluationView:
-    queries = container_of(request).queries
-    evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
-    view = await queries.evaluation(evaluation_id) if evaluation_id else None
-    if view is None or view.workspace_id != tenant.workspace.id:
-        raise not_found(f"evaluation {raw_id!r}")
-    return view
-
-
-async def _item(
-    request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str
-) -> ItemView:
-    queries = container_of(request).queries
-    item_id = await queries.resolve_item_id(evaluation.id, raw_id)
-    item = await queries.item(evaluation.id, item_id) if item_id else None
-    if item is None:
-        raise not_found(f"item {raw_id!r}")
-    return item
-
 
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
 
@@ -154,7 +117,7 @@ class EvaluationController(Controller):
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
         tenant = await resolve_scope(request, org, ws)
         return evaluation_response(
-            await _evaluation(request, tenant, evaluation_id),
+            await evaluation_in(request, tenant, evaluation_id),
             await container_of(request).capacity(),
         )
 
@@ -168,7 +131,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         tenant = await resolve_scope(request, org, ws)
-        full_id = await _evaluation_id(request, tenant, evaluation_id)
+        full_id = await evaluation_id_in(request, tenant, evaluation_id)
         container = container_of(request)
         cancelled = await container.evaluations.cancel(_context(request, tenant), full_id)
         return evaluation_response(cancelled, await container.capacity())
@@ -183,7 +146,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         tenant = await resolve_scope(request, org, ws)
-        full_id = await _evaluation_id(request, tenant, evaluation_id)
+        full_id = await evaluation_id_in(request, tenant, evaluation_id)
         container = container_of(request)
         reopened = await container.evaluations.retry_failed(_context(request, tenant), full_id)
         return evaluation_response(reopened, await container.capacity())
@@ -194,7 +157,7 @@ class EvaluationController(Controller):
     ) -> analytics.Analytics:
         """Pass rate, counts, per-task breakdown, durations and grouped errors."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id)
         return analytics.compute(view, items)
 
@@ -213,7 +176,7 @@ class EvaluationController(Controller):
         tenant = await resolve_scope(request, org, ws)
         if status is not None and status not in ITEM_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(ITEM_STATUSES)}")
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id, status=status)
         return ItemList(items=[item_response(i) for i in items], total=len(items))
 
@@ -226,8 +189,8 @@ class EvaluationController(Controller):
     ) -> ItemResponse:
         """One item by id or unique id prefix."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
-        return item_response(await _item(request, view, item_id))
+        view = await evaluation_in(request, tenant, evaluation_id)
+        return item_response(await item_in(request, view, item_id))
 
     @get(
         "/evaluation/{evaluation_id:str}/items/{item_id:str}/transcript",
@@ -246,8 +209,8 @@ class EvaluationController(Controller):
         """What the agent said and did in the item's latest attempt (secrets redacted);
         404 when the item never started an agent."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
-        item = await _item(request, view, item_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
+        item = await item_in(request, view, item_id)
         if item.session_id is None:
             raise not_found(f"transcript of item {item_id!r} (its agent never started)")
         messages = await container_of(request).queue.transcript(
@@ -291,28 +254,10 @@ class EvaluationController(Controller):
     ) -> EvaluationHistory:
         """The evaluation's history in commit order, for auditors: who did what, when."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         records = await container_of(request).queries.evaluation_history(
             view.id, after_position=after, limit=limit
         )
-        events = []
-        for record in records:
-            metadata = codec.decode_metadata(record)
-            events.append(
-                HistoryEvent(
-                    position=record.position,
-                    event_id=record.event_id,
-                    stream_type=record.stream_type,
-                    stream_id=record.stream_id,
-                    stream_version=record.stream_version,
-                    type=record.event_type,
-                    schema_version=record.schema_version,
-                    data=msgspec.json.decode(record.data),
-                    actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
-                    request_id=metadata.request_id,
-                    recorded_at=record.recorded_at,
-                    idempotency_key=metadata.idempotency_key,
-                )
-            )
+        events = [history_event(record) for record in records]
         next_after = records[-1].position if len(records) == limit else None
         return EvaluationHistory(evaluation_id=view.id, events=events, next_after=next_after)

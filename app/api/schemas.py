@@ -20,6 +20,8 @@ from domain.evaluation import (
 from domain.item import ItemStatus
 from domain.projections import EvaluationView, ItemView
 from domain.task_sets import SkippedMember
+from infrastructure import codec
+from infrastructure.eventstore import RecordedEvent
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
@@ -330,4 +332,23 @@ def item_response(view: ItemView) -> ItemResponse:
         verified_at=view.verified_at,
         completed_at=view.completed_at,
         created_at=view.created_at,
+    )
+
+
+def history_event(record: RecordedEvent) -> HistoryEvent:
+    """One stored event as auditors read it (the API's history and the dashboard's)."""
+    metadata = codec.decode_metadata(record)
+    return HistoryEvent(
+        position=record.position,
+        event_id=record.event_id,
+        stream_type=record.stream_type,
+        stream_id=record.stream_id,
+        stream_version=record.stream_version,
+        type=record.event_type,
+        schema_version=record.schema_version,
+        data=msgspec.json.decode(record.data),
+        actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
+        request_id=metadata.request_id,
+        recorded_at=record.recorded_at,
+        idempotency_key=metadata.idempotency_key,
     )

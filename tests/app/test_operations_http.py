@@ -217,7 +217,9 @@ def test_a_malformed_key_is_400_naming_the_header(api: Api) -> None:
 def test_keys_are_kept_24_hours_then_free_again(api: Api) -> None:
     service = api.client.app.state.container.evaluations
     now = [datetime(2026, 11, 30, 12, tzinfo=UTC)]
-    service.idempotency = Idempotency(IdempotencyKeys(service.store.engine), lambda: now[0])
+    service.idempotency = Idempotency(
+        IdempotencyKeys(api.client.app.state.container.engine), lambda: now[0]
+    )
 
     first = _create(api, "daily", BODY)
     now[0] += timedelta(hours=23, minutes=59)

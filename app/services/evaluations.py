@@ -56,9 +56,11 @@ def actor_of(principal: Principal) -> Actor:
 
 
 class TaskResolver(Protocol):
-    """Finds what a task ref names for an org, with its bundle's digest (the registry)."""
+    """Finds what task refs name for an org, with their bundles' digests (the registry)."""
 
-    async def resolve(self, org_id: str, ref: str) -> ResolvedTask: ...
+    async def resolve_many(
+        self, org_id: str, refs: Sequence[str]
+    ) -> dict[str, ResolvedTask | None]: ...
 
 
 class TaskSetExpander(Protocol):
@@ -270,10 +272,10 @@ class EvaluationService:
                 )
             )
         specs: list[ev.ItemSpec] = []
+        found = await self._resolve_all(ctx.org_id, [ref for _, ref, _ in rows])
         for loc, ref, variables in rows:
-            try:
-                resolved = await self._resolve(ctx.org_id, ref)
-            except UnknownTask:
+            resolved = found[ref]
+            if resolved is None:
                 close = self.catalog.suggest(ref)
                 hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 errors.append(_field_error(loc, f"unknown task {ref!r}{hint}", "unknown_task"))
@@ -335,11 +337,22 @@ class EvaluationService:
             )
         return [([*loc, index], member, {}) for index, member in enumerate(refs)]
 
-    async def _resolve(self, org_id: str, ref: str) -> ResolvedTask:
+    async def _resolve_all(
+        self, org_id: str, refs: Sequence[str]
+    ) -> dict[str, ResolvedTask | None]:
+        """Each distinct ref once (None: nothing the caller may run); a create of a hundred
+        items of one task resolves it once."""
         if self.tasks is not None:
-            return await self.tasks.resolve(org_id, ref)
-        task = self.catalog.resolve(ref)
-        return ResolvedTask(task=task, ref=task.ref, digest=None, source="catalog")
+            return await self.tasks.resolve_many(org_id, refs)
+        found: dict[str, ResolvedTask | None] = {}
+        for ref in dict.fromkeys(refs):
+            try:
+                task = self.catalog.resolve(ref)
+            except UnknownTask:
+                found[ref] = None
+                continue
+            found[ref] = ResolvedTask(task=task, ref=task.ref, digest=None, source="catalog")
+        return found
 
     def _timeout_of(self, request: EvaluationRequest, task: Task) -> tuple[int, it.TimeoutSource]:
         """The evaluation's task_timeout_sec when given, else the task's own timeout_sec,

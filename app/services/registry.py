@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -382,10 +382,13 @@ class RegistryService:
 
     # ---- create: refs to runnable tasks ----
 
-    async def locate(self, org_id: str, ref: str) -> Located:
+    async def locate(
+        self, org_id: str, ref: str, families: Mapping[str, reg.TaskFamily] | None = None
+    ) -> Located:
         """Where `[org/]name[@version]` points for a caller in `org_id`, without loading or
         storing anything: the org's pushed versions first (or another org's public ones, when
-        named), then the catalog. UnknownTask when nothing the caller may run matches."""
+        named), then the catalog. UnknownTask when nothing the caller may run matches.
+        `families`: the registry log as just caught up (several refs of one request)."""
         match = _REF.match(ref.strip())
         if not match:
             raise UnknownTask(ref)
@@ -397,7 +400,9 @@ class RegistryService:
             # entries) is the caller's own namespace: the catalog is everybody's.
             if found is not None:
                 owner_id = found.id
-        family = await self.log.family(owner_id, name)
+        if families is None:
+            families = await self.log.catch_up()
+        family = families.get(reg.task_stream_id(owner_id, name))
         if family is not None and (owner_id == org_id or family.is_public):
             state = _version_by_reference(family, version or "latest")
             if state is not None:
@@ -421,10 +426,26 @@ class RegistryService:
             catalog_task=task,
         )
 
-    async def resolve(self, org_id: str, ref: str) -> ResolvedTask:
+    async def resolve_many(
+        self, org_id: str, refs: Sequence[str]
+    ) -> dict[str, ResolvedTask | None]:
+        """Each distinct ref of a create resolved once, against one catch-up of the registry
+        log; None for a ref that names nothing the caller may run."""
+        families = await self.log.catch_up()
+        found: dict[str, ResolvedTask | None] = {}
+        for ref in dict.fromkeys(refs):
+            try:
+                found[ref] = await self.resolve(org_id, ref, families)
+            except UnknownTask:
+                found[ref] = None
+        return found
+
+    async def resolve(
+        self, org_id: str, ref: str, families: Mapping[str, reg.TaskFamily] | None = None
+    ) -> ResolvedTask:
         """What create records for a ref: the task and its bundle's digest (a catalog
         bundle's layer is stored in the blob store here, so any worker can fetch it)."""
-        located = await self.locate(org_id, ref)
+        located = await self.locate(org_id, ref, families)
         if located.catalog_task is not None:
             task = located.catalog_task
             digest = await self.bundles.store_catalog_bundle(org_id, task.bundle_dir)

@@ -173,7 +173,9 @@ class BundleSource:
         return known
 
     async def store_catalog_bundle(self, org_id: str, folder: Path) -> str:
-        digest, layer = await asyncio.to_thread(self.packed, folder)
+        # Packing reads the folder: off the event loop, but only the first time.
+        known = self._packed.get(folder)
+        digest, layer = known if known is not None else await asyncio.to_thread(self.packed, folder)
         if (org_id, digest) not in self._stored:
             await self.blobs.put(org_id, digest, layer)
             self._stored.add((org_id, digest))

@@ -57,7 +57,14 @@ class Container:
     def build(cls, settings: Settings) -> Container:
         engine = create_engine(settings.database_url)
         cache = ViewCache(settings.view_cache_seconds)
-        store = EventStore(engine, in_transaction=Projector(), after_commit=cache.forget_recorded)
+        projector = Projector()
+        store = EventStore(
+            engine,
+            in_transaction=projector,
+            # Cached views take the fold of the committed events instead of being evicted, so
+            # a poll of a running evaluation stays a cache hit (infrastructure.view_cache).
+            after_commit=lambda recorded: cache.refresh(recorded, projector.folded_views(recorded)),
+        )
         queries = ReadModelQueries(engine, cache)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
@@ -130,6 +137,7 @@ class Container:
             lambda after: self.store.read_all(after_position=after, limit=1000),
             await self.store.last_position(),
             self.queries.cache,
+            self.queries.evaluations_by_id,
         )
         while True:
             await asyncio.sleep(self.settings.view_tail_seconds)

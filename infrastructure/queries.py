@@ -52,6 +52,9 @@ def _prefix_range(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElemen
 
 
 _EVALUATION_BY_ID = sa.select(evaluations.c.doc).where(evaluations.c.id == sa.bindparam("id"))
+_EVALUATIONS_BY_IDS = sa.select(evaluations.c.doc).where(
+    evaluations.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 _EVALUATION_IDS_BY_PREFIX = (
     sa.select(evaluations.c.id)
     .where(
@@ -93,6 +96,12 @@ class ReadModelQueries:
         finally:
             self.cache.end_read(started, view)
         return view
+
+    async def evaluations_by_id(self, ids: Sequence[str]) -> list[EvaluationView]:
+        """Rows read straight from the database (the log tail's refresh of cached views)."""
+        async with self.engine.connect() as conn:
+            docs = (await conn.execute(_EVALUATIONS_BY_IDS, {"ids": list(ids)})).scalars().all()
+        return [decode_evaluation(d) for d in docs]
 
     async def resolve_evaluation_id(self, workspace_id: str, raw: str) -> str | None:
         """The full id of the workspace's evaluation that `raw` names (an id or a prefix)."""

@@ -110,10 +110,24 @@ class Projector:
 
     def __init__(self, evaluation_table: sa.Table = evaluations, item_table: sa.Table = items):
         self._sql = _Statements(evaluation_table, item_table)
+        # The evaluation views of the last fold, stamped with the first and last event ids it
+        # folded: after its transaction commits, the view cache takes them (`folded_views`).
+        self._last_fold: tuple[str, str, dict[str, EvaluationView]] = ("", "", {})
+
+    def folded_views(self, recorded: Sequence[RecordedEvent]) -> dict[str, EvaluationView]:
+        """The evaluation views the last call folded, if that call folded exactly `recorded`
+        (the events of a transaction that committed); else none. Appends run one
+        transaction at a time per store, so the last fold is the committed one's."""
+        first, last, views = self._last_fold
+        if recorded and (recorded[0].event_id, recorded[-1].event_id) == (first, last):
+            return views
+        return {}
 
     def __call__(self, conn: Connection, recorded: list[RecordedEvent]) -> None:
         """Synchronous, as every append transaction body is (see infrastructure.eventstore);
         from async code: `await conn.run_sync(projector, recorded)`."""
+        self._last_fold = ("", "", {})
+        stamp = (recorded[0].event_id, recorded[-1].event_id) if recorded else ("", "")
         recorded = [r for r in recorded if r.stream_type in codec.DOMAIN_STREAMS]
         decoded = [codec.decode(r) for r in recorded]
         created_evaluations = {
@@ -160,6 +174,7 @@ class Projector:
             [item_row(v) for k, v in views.items.items() if k not in existing_items],
             [item_row(v) for k, v in views.items.items() if k in existing_items],
         )
+        self._last_fold = (*stamp, views.evaluations)
 
     def _write(
         self,

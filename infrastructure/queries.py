@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.projections import EvaluationView, ItemView
-from infrastructure.db.store_tables import evaluations, events, items
+from infrastructure.db.store_tables import evaluation_counts, evaluations, events, items
 from infrastructure.eventstore import RecordedEvent
+from infrastructure.list_counts import ANY
 from infrastructure.readmodels import decode_evaluation, decode_item
 from infrastructure.view_cache import ViewCache
 
@@ -77,6 +79,77 @@ _ITEM_BY_ID = sa.select(items.c.doc).where(
 _ITEM_IDS_OF = sa.select(items.c.id).where(items.c.evaluation_id == sa.bindparam("evaluation_id"))
 
 
+def _list_statement(by_status: bool, by_project: bool) -> sa.Select[Any]:
+    """One page of the workspace's evaluations, newest first, with the filter's total.
+
+    The total is the filter's counter row (infrastructure.list_counts), never a count(*). The
+    page is a seek: rows of rank at most a boundary, in the filter's index order, LIMIT the page
+    size. Unfiltered, ranks are dense, so the boundary is arithmetic (`total - skip`) and page
+    2,000 costs what page 1 does. Filtered, the boundary is the rank found `skip` entries down
+    the filter's index: an index-only OFFSET over integers, not over rows and their documents.
+    """
+    e, c = evaluations, evaluation_counts
+    total = (
+        sa.select(c.c.total)
+        .where(
+            c.c.workspace_id == sa.bindparam("workspace_id"),
+            c.c.project_id == sa.bindparam("project_key"),
+            c.c.status == sa.bindparam("status_key"),
+        )
+        .scalar_subquery()
+    )
+    conditions = [e.c.workspace_id == sa.bindparam("workspace_id")]
+    if by_status:
+        conditions.append(e.c.status == sa.bindparam("status"))
+    if by_project:
+        conditions.append(e.c.project_id == sa.bindparam("project_id"))
+    boundary: sa.ColumnElement[int]
+    if by_status or by_project:
+        boundary = (
+            sa.select(e.c.workspace_seq)
+            .where(*conditions)
+            .order_by(e.c.workspace_seq.desc())
+            .limit(1)
+            .offset(sa.bindparam("skip"))
+            .scalar_subquery()
+        )
+    else:
+        boundary = total - sa.bindparam("skip")
+    return (
+        sa.select(total.label("total"), e.c.doc)
+        .where(*conditions, e.c.workspace_seq <= boundary)
+        .order_by(e.c.workspace_seq.desc())
+        .limit(sa.bindparam("page_size"))
+    )
+
+
+# Built once per filter combination (building a statement costs more than running it).
+LIST_STATEMENTS = {
+    (by_status, by_project): _list_statement(by_status, by_project)
+    for by_status in (False, True)
+    for by_project in (False, True)
+}
+_LIST_TOTAL = sa.select(evaluation_counts.c.total).where(
+    evaluation_counts.c.workspace_id == sa.bindparam("workspace_id"),
+    evaluation_counts.c.project_id == sa.bindparam("project_key"),
+    evaluation_counts.c.status == sa.bindparam("status_key"),
+)
+
+
+def list_parameters(
+    workspace_id: str, page: int, page_size: int, status: str | None, project_id: str | None
+) -> dict[str, object]:
+    return {
+        "workspace_id": workspace_id,
+        "status": status,
+        "project_id": project_id,
+        "status_key": status or ANY,
+        "project_key": project_id or ANY,
+        "skip": (page - 1) * page_size,
+        "page_size": page_size,
+    }
+
+
 class ReadModelQueries:
     def __init__(self, engine: AsyncEngine, cache: ViewCache | None = None) -> None:
         # Reads are single statements: no transaction (no BEGIN/ROLLBACK round trips).
@@ -136,23 +209,15 @@ class ReadModelQueries:
         status: str | None = None,
         project_id: str | None = None,
     ) -> Page:
-        conditions = [evaluations.c.workspace_id == workspace_id]
-        if status is not None:
-            conditions.append(evaluations.c.status == status)
-        if project_id is not None:
-            conditions.append(evaluations.c.project_id == project_id)
-        query = (
-            sa.select(evaluations.c.doc)
-            .where(*conditions)
-            .order_by(evaluations.c.created_at.desc(), evaluations.c.id.desc())
-            .limit(page_size)
-            .offset((page - 1) * page_size)
-        )
-        count = sa.select(sa.func.count()).select_from(evaluations).where(*conditions)
+        statement = LIST_STATEMENTS[(status is not None, project_id is not None)]
+        parameters = list_parameters(workspace_id, page, page_size, status, project_id)
         async with self.engine.connect() as conn:
-            docs = (await conn.execute(query)).scalars().all()
-            total = int((await conn.execute(count)).scalar_one())
-        return Page(items=[decode_evaluation(d) for d in docs], total=total)
+            rows = (await conn.execute(statement, parameters)).all()
+            if rows:
+                total = int(rows[0][0])
+            else:  # an empty page (past the end, or nothing matches): the total alone
+                total = int((await conn.execute(_LIST_TOTAL, parameters)).scalar() or 0)
+        return Page(items=[decode_evaluation(doc) for _, doc in rows], total=total)
 
     async def items(self, evaluation_id: str, *, status: str | None = None) -> list[ItemView]:
         query = sa.select(items.c.doc).where(items.c.evaluation_id == evaluation_id)

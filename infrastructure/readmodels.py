@@ -18,8 +18,9 @@ from domain import evaluation as ev
 from domain import item as it
 from domain.projections import EvaluationView, ItemView, Views, project
 from infrastructure import codec
-from infrastructure.db.store_tables import evaluations, items
+from infrastructure.db.store_tables import evaluation_counts, evaluations, items
 from infrastructure.eventstore import ConcurrencyConflict, RecordedEvent
+from infrastructure.list_counts import ListCounts
 
 _encoder = msgspec.json.Encoder()
 _evaluation_decoder = msgspec.json.Decoder(EvaluationView)
@@ -108,8 +109,14 @@ def fold(recorded: Sequence[RecordedEvent], views: Views | None = None) -> Views
 class Projector:
     """Folds recorded events into evaluation and item rows of the given tables."""
 
-    def __init__(self, evaluation_table: sa.Table = evaluations, item_table: sa.Table = items):
+    def __init__(
+        self,
+        evaluation_table: sa.Table = evaluations,
+        item_table: sa.Table = items,
+        count_table: sa.Table = evaluation_counts,
+    ):
         self._sql = _Statements(evaluation_table, item_table)
+        self._counts = ListCounts(count_table)
         # The evaluation views of the last fold, stamped with the first and last event ids it
         # folded: after its transaction commits, the view cache takes them (`folded_views`).
         self._last_fold: tuple[str, str, dict[str, EvaluationView]] = ("", "", {})
@@ -151,6 +158,7 @@ class Projector:
                 item_view = decode_item(doc)
                 views.items[item_view.id] = item_view
         existing_evaluations = set(views.evaluations)
+        loaded_evaluations = dict(views.evaluations)
         existing_items = set(views.items)
         in_flight_before = {k: ev.in_flight(v.item_counts) for k, v in views.evaluations.items()}
 
@@ -163,10 +171,12 @@ class Projector:
             if now_in_flight > max(view.config.concurrency, in_flight_before.get(evaluation_id, 0)):
                 raise CapacityExceeded(f"evaluation {evaluation_id} is at its concurrency")
 
+        # List totals and ranks (infrastructure.list_counts), in this same transaction.
+        ranks = self._counts.apply(conn, loaded_evaluations, views.evaluations)
         self._write(
             conn,
             [
-                evaluation_row(v)
+                {**evaluation_row(v), "workspace_seq": ranks[k]}
                 for k, v in views.evaluations.items()
                 if k not in existing_evaluations
             ],

@@ -21,13 +21,13 @@ from infrastructure.eventstore import EventStore
 from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
+from infrastructure.read_caches import ReadCaches
 from infrastructure.readmodels import Projector
 from infrastructure.registry.blobs import BlobStore
 from infrastructure.registry.bundles import BundleCache, BundleSource
 from infrastructure.registry.log import RegistryLog
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, load_catalog
-from infrastructure.view_cache import LogTail, ViewCache
 from infrastructure.work_queue import WorkQueue
 
 log = structlog.get_logger("assay.server")
@@ -52,20 +52,17 @@ class Container:
     bundles: BundleSource
     task_sets: TaskSetService
     _capacity: tuple[float, int] = (0.0, 0)
+    caches: ReadCaches | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
         engine = create_engine(settings.database_url)
-        cache = ViewCache(settings.view_cache_seconds)
         projector = Projector()
-        store = EventStore(
-            engine,
-            in_transaction=projector,
-            # Cached views take the fold of the committed events instead of being evicted, so
-            # a poll of a running evaluation stays a cache hit (infrastructure.view_cache).
-            after_commit=lambda recorded: cache.refresh(recorded, projector.folded_views(recorded)),
-        )
-        queries = ReadModelQueries(engine, cache)
+        # Cached views take the fold of the committed events instead of being evicted, so a
+        # poll of a running evaluation stays a cache hit (infrastructure.read_caches).
+        caches = ReadCaches(settings.view_cache_seconds, projector)
+        store = EventStore(engine, in_transaction=projector, after_commit=caches.committed)
+        queries = ReadModelQueries(engine, caches.views, caches.lists)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
         for problem in catalog.problems:
@@ -106,6 +103,7 @@ class Container:
             registry=registry,
             bundles=bundles,
             task_sets=task_sets,
+            caches=caches,
         )
 
     async def capacity(self) -> int:
@@ -131,20 +129,19 @@ class Container:
 
     async def follow_log(self) -> None:
         """Keep the view cache current with appends of other processes (runs until cancelled)."""
-        if not self.queries.cache.enabled:
+        if self.caches is None or not self.caches.views.enabled:
             return
-        tail = LogTail(
+        tail = self.caches.follow(
             lambda after: self.store.read_all(after_position=after, limit=1000),
             await self.store.last_position(),
-            self.queries.cache,
             self.queries.evaluations_by_id,
         )
         while True:
             await asyncio.sleep(self.settings.view_tail_seconds)
             try:
                 await tail.poll()
-            except Exception as exc:  # a passing database hiccup: empty the cache, go on
-                self.queries.cache.clear()
+            except Exception as exc:  # a passing database hiccup: empty the caches, go on
+                self.caches.clear()
                 log.warning("log_tail_failed", error=repr(exc))
 
     async def close(self) -> None:

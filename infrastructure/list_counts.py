@@ -92,10 +92,11 @@ class ListCounts:
         conn: Connection,
         before: Mapping[str, EvaluationView],
         after: Mapping[str, EvaluationView],
-    ) -> dict[str, int]:
+    ) -> tuple[dict[str, int], set[str]]:
         """Move the counters from `before` to `after` and rank the evaluations new in `after`
-        (in its order, which is creation order); returns the new evaluations' ranks. Runs
-        inside the append transaction, which serialises appends: ranks never collide."""
+        (in its order, which is creation order); returns the new evaluations' ranks and the
+        workspaces whose lists changed membership. Runs inside the append transaction, which
+        serialises appends: ranks never collide."""
         created = [v for k, v in after.items() if k not in before]
         ranks: dict[str, int] = {}
         if created:
@@ -120,4 +121,4 @@ class ListCounts:
         ]
         if lowered:
             conn.execute(self._drop_empty, lowered)
-        return ranks
+        return ranks, {w for w, _, _ in changes}

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.projections import EvaluationView, ItemView
 from infrastructure.db.store_tables import evaluation_counts, evaluations, events, items
 from infrastructure.eventstore import RecordedEvent
+from infrastructure.list_cache import ListCache, ListKey
 from infrastructure.list_counts import ANY
 from infrastructure.readmodels import decode_evaluation, decode_item
 from infrastructure.view_cache import ViewCache
@@ -151,10 +152,13 @@ def list_parameters(
 
 
 class ReadModelQueries:
-    def __init__(self, engine: AsyncEngine, cache: ViewCache | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cache: ViewCache | None = None, lists: ListCache | None = None
+    ) -> None:
         # Reads are single statements: no transaction (no BEGIN/ROLLBACK round trips).
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.cache = cache or ViewCache(ttl_seconds=0)
+        self.lists = lists or ListCache(ttl_seconds=0)
 
     async def evaluation(self, evaluation_id: str) -> EvaluationView | None:
         cached = self.cache.get(evaluation_id)
@@ -209,15 +213,56 @@ class ReadModelQueries:
         status: str | None = None,
         project_id: str | None = None,
     ) -> Page:
-        statement = LIST_STATEMENTS[(status is not None, project_id is not None)]
-        parameters = list_parameters(workspace_id, page, page_size, status, project_id)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(statement, parameters)).all()
-            if rows:
-                total = int(rows[0][0])
-            else:  # an empty page (past the end, or nothing matches): the total alone
-                total = int((await conn.execute(_LIST_TOTAL, parameters)).scalar() or 0)
-        return Page(items=[decode_evaluation(doc) for _, doc in rows], total=total)
+        key = (workspace_id, status, project_id, page, page_size)
+        cached = self.lists.get(key)
+        if cached is not None:
+            views = await self._cached_page(key, *cached)
+            if views is not None:
+                return Page(items=views, total=cached[1])
+        stamp = self.lists.stamp(workspace_id)
+        started = self.cache.begin_read()
+        views = []
+        try:
+            statement = LIST_STATEMENTS[(status is not None, project_id is not None)]
+            parameters = list_parameters(workspace_id, page, page_size, status, project_id)
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(statement, parameters)).all()
+                if rows:
+                    total = int(rows[0][0])
+                else:  # an empty page (past the end, or nothing matches): the total alone
+                    total = int((await conn.execute(_LIST_TOTAL, parameters)).scalar() or 0)
+            views = [decode_evaluation(doc) for _, doc in rows]
+        finally:
+            self.cache.end_reads(started, views)
+        self.lists.put(key, stamp, (v.id for v in views), total)
+        return Page(items=views, total=total)
+
+    async def _cached_page(
+        self, key: ListKey, ids: tuple[str, ...], total: int
+    ) -> list[EvaluationView] | None:
+        """The views of a cached page, from the view cache (re-reading those it lost), or None
+        when one no longer fits the page (the caller then reads the page afresh)."""
+        workspace_id, status, project_id = key[0], key[1], key[2]
+        views = [self.cache.get(i) for i in ids]
+        missing = [i for i, v in zip(ids, views, strict=True) if v is None]
+        if missing:
+            started = self.cache.begin_read()
+            loaded: list[EvaluationView] = []
+            try:
+                loaded = await self.evaluations_by_id(missing)
+            finally:
+                self.cache.end_reads(started, loaded)
+            found = {v.id: v for v in loaded}
+            views = [v or found.get(i) for i, v in zip(ids, views, strict=True)]
+        fits = [
+            v
+            for v in views
+            if v is not None
+            and v.workspace_id == workspace_id
+            and (status is None or v.status == status)
+            and (project_id is None or v.config.project_id == project_id)
+        ]
+        return fits if len(fits) == len(ids) else None
 
     async def items(self, evaluation_id: str, *, status: str | None = None) -> list[ItemView]:
         query = sa.select(items.c.doc).where(items.c.evaluation_id == evaluation_id)

@@ -8,6 +8,7 @@ verifies the read models from the log (`infrastructure.rebuild`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -106,6 +107,15 @@ def fold(recorded: Sequence[RecordedEvent], views: Views | None = None) -> Views
     return views
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One append's projection, handed to the caches after its transaction commits: the
+    evaluation views it folded, and the workspaces whose lists changed membership."""
+
+    views: dict[str, EvaluationView] = field(default_factory=dict)
+    moved_workspaces: set[str] = field(default_factory=set)
+
+
 class Projector:
     """Folds recorded events into evaluation and item rows of the given tables."""
 
@@ -119,21 +129,21 @@ class Projector:
         self._counts = ListCounts(count_table)
         # The evaluation views of the last fold, stamped with the first and last event ids it
         # folded: after its transaction commits, the view cache takes them (`folded_views`).
-        self._last_fold: tuple[str, str, dict[str, EvaluationView]] = ("", "", {})
+        self._last_fold: tuple[str, str, Fold] = ("", "", Fold())
 
-    def folded_views(self, recorded: Sequence[RecordedEvent]) -> dict[str, EvaluationView]:
-        """The evaluation views the last call folded, if that call folded exactly `recorded`
-        (the events of a transaction that committed); else none. Appends run one
-        transaction at a time per store, so the last fold is the committed one's."""
-        first, last, views = self._last_fold
+    def folded(self, recorded: Sequence[RecordedEvent]) -> Fold:
+        """What the last call folded, if that call folded exactly `recorded` (the events of
+        a transaction that committed); else an empty fold. Appends run one transaction at a
+        time per store, so the last fold is the committed one's."""
+        first, last, fold = self._last_fold
         if recorded and (recorded[0].event_id, recorded[-1].event_id) == (first, last):
-            return views
-        return {}
+            return fold
+        return Fold()
 
     def __call__(self, conn: Connection, recorded: list[RecordedEvent]) -> None:
         """Synchronous, as every append transaction body is (see infrastructure.eventstore);
         from async code: `await conn.run_sync(projector, recorded)`."""
-        self._last_fold = ("", "", {})
+        self._last_fold = ("", "", Fold())
         stamp = (recorded[0].event_id, recorded[-1].event_id) if recorded else ("", "")
         recorded = [r for r in recorded if r.stream_type in codec.DOMAIN_STREAMS]
         decoded = [codec.decode(r) for r in recorded]
@@ -172,7 +182,7 @@ class Projector:
                 raise CapacityExceeded(f"evaluation {evaluation_id} is at its concurrency")
 
         # List totals and ranks (infrastructure.list_counts), in this same transaction.
-        ranks = self._counts.apply(conn, loaded_evaluations, views.evaluations)
+        ranks, moved = self._counts.apply(conn, loaded_evaluations, views.evaluations)
         self._write(
             conn,
             [
@@ -184,7 +194,7 @@ class Projector:
             [item_row(v) for k, v in views.items.items() if k not in existing_items],
             [item_row(v) for k, v in views.items.items() if k in existing_items],
         )
-        self._last_fold = (*stamp, views.evaluations)
+        self._last_fold = (*stamp, Fold(views.evaluations, moved))
 
     def _write(
         self,

@@ -26,6 +26,7 @@ import msgspec
 
 from domain.projections import EvaluationView
 from infrastructure.eventstore import RecordedEvent
+from infrastructure.list_cache import ListCache
 
 MAX_ENTRIES = 10_000
 # Recorded by `infrastructure.rebuild`; every server drops its cached views on it.
@@ -102,6 +103,13 @@ class ViewCache:
         if self._reads_in_flight == 0:
             self._invalidated_at.clear()
 
+    def end_reads(self, started: int, views: Iterable[EvaluationView]) -> None:
+        """`end_read` for a read (begun once) that returned several views."""
+        for view in views:
+            self._reads_in_flight += 1  # each end_read ends one read; the last one ends ours
+            self.end_read(started, view)
+        self.end_read(started, None)
+
     def _fresh(self, evaluation_id: str, started: int) -> bool:
         # A read that raced an invalidation of its id (or a clear) never stores its result.
         return (
@@ -168,9 +176,12 @@ class ViewCache:
 
 
 class LogTail:
-    """Follows the log by position and brings the cached views other processes changed up
-    to date: re-read when `load_views` is given (one query per page of the log), else
-    forgotten."""
+    """Follows the log by position and brings the caches up to date with what other processes
+    appended (this process's own appends, noted by `own`, were applied at commit):
+    - cached views those appends moved past are re-read when `load_views` is given (one query
+      per page of the log), else forgotten;
+    - list pages (`lists`): a re-read view whose status changed moves its workspace, and an
+      event of an evaluation the view cache does not hold empties the list cache."""
 
     def __init__(
         self,
@@ -178,23 +189,53 @@ class LogTail:
         last_position: int,
         cache: ViewCache,
         load_views: LoadViews | None = None,
+        lists: ListCache | None = None,
     ) -> None:
         self._read_after = read_after
         self.position = last_position
         self._cache = cache
         self._load_views = load_views
+        self._lists = lists
+        self._own: set[int] = set()
+
+    def own(self, recorded: Sequence[RecordedEvent]) -> None:
+        """Positions this process committed and already applied to its caches."""
+        if self._cache.enabled:
+            self._own.update(r.position for r in recorded)
 
     async def poll(self) -> None:
         while True:
             page = await self._read_after(self.position)
             if not page:
                 return
-            if any(r.event_type == REBUILT_EVENT for r in page):
-                self._cache.clear()
-            behind = self._cache.behind(last_positions(page))
-            kept: set[str] = set()
-            if self._load_views is not None and behind:
-                # Read after the page: each row is at least as new as the page's events.
-                kept = self._cache.replace(await self._load_views(behind))
-            self._cache.forget(set(behind) - kept)
+            foreign = [r for r in page if r.position not in self._own]
+            if foreign:
+                await self._apply(foreign)
             self.position = page[-1].position
+            self._own = {p for p in self._own if p > self.position}
+
+    async def _apply(self, foreign: list[RecordedEvent]) -> None:
+        lists = self._lists
+        if any(r.event_type == REBUILT_EVENT for r in foreign):
+            self._cache.clear()
+            if lists is not None:
+                lists.clear()
+        positions = last_positions(foreign)
+        if lists is not None and any(self._cache.get(i) is None for i in positions):
+            lists.clear()  # which workspace it belongs to is unknown here
+        behind = self._cache.behind(positions)
+        before = {i: view for i in behind if (view := self._cache.get(i)) is not None}
+        kept: set[str] = set()
+        if self._load_views is not None and behind:
+            # Read after the page: each row is at least as new as the page's events.
+            loaded = await self._load_views(behind)
+            kept = self._cache.replace(loaded)
+            if lists is not None:
+                lists.moved(
+                    v.workspace_id
+                    for v in loaded
+                    if (old := before.get(v.id)) is None or old.status != v.status
+                )
+        elif lists is not None and behind:
+            lists.clear()
+        self._cache.forget(set(behind) - kept)

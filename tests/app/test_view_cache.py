@@ -260,4 +260,4 @@ def test_the_log_tail_rereads_only_cached_views_folded_before_the_page() -> None
 
 def test_the_projection_hands_over_only_the_fold_of_the_events_it_was_given() -> None:
     projector = Projector()
-    assert projector.folded_views([_recorded("evaluation", "a", "{}")]) == {}
+    assert projector.folded([_recorded("evaluation", "a", "{}")]).views == {}

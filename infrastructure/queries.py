@@ -111,16 +111,16 @@ def _list_statement(by_status: bool, by_project: bool) -> sa.Select[Any]:
             .where(*conditions)
             .order_by(e.c.workspace_seq.desc())
             .limit(1)
-            .offset(sa.bindparam("skip"))
+            .offset(sa.bindparam("skip", type_=sa.Integer))
             .scalar_subquery()
         )
     else:
-        boundary = total - sa.bindparam("skip")
+        boundary = total - sa.bindparam("skip", type_=sa.Integer)
     return (
         sa.select(total.label("total"), e.c.doc)
         .where(*conditions, e.c.workspace_seq <= boundary)
         .order_by(e.c.workspace_seq.desc())
-        .limit(sa.bindparam("page_size"))
+        .limit(sa.bindparam("page_size", type_=sa.Integer))
     )
 
 

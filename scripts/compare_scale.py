@@ -142,7 +142,8 @@ class Figure:
 
 
 def _pages(size: int, page_size: int) -> dict[str, int]:
-    return {"page 1": 1, "deepest page": max(1, math.ceil(size / page_size))}
+    deepest = max(1, math.ceil(size / page_size))
+    return {"page 1": 1, "deepest page": deepest} if deepest > 1 else {"page 1": 1}
 
 
 def run_backend(backend: Backend, args: argparse.Namespace) -> list[dict[str, Any]]:

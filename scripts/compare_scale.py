@@ -276,7 +276,10 @@ def print_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{row['p99_ms']:>8.1f}{row['cpu_ms']:>11.2f}  {row['p50_ratio']:<20}"
             f"{row['p99_ratio']:<20}{row['cpu_spread']:<22}{mark}"
         )
-    print(f"targets: p50 ratio <= {TARGET_RATIO}, CPU <= {TARGET_CPU_MS} ms per request")
+    print(
+        f"targets: median p50 ratio <= {TARGET_RATIO}, median CPU <= {TARGET_CPU_MS} ms per "
+        "request (BELOW TARGET marks a row that misses either)"
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -131,3 +131,21 @@ def test_the_migration_backfills_ranks_and_counters_exactly_as_the_projection_wr
     verified = projections(url, "verify")
     assert verified.exit_code == 0, verified.output
     assert (listed(api, page_size=2), listed(api, status="queued", project_id=red)) == before
+
+
+def test_a_page_read_while_its_workspace_moved_is_not_kept() -> None:
+    from infrastructure.list_cache import ListCache
+
+    lists = ListCache(ttl_seconds=60)
+    key = ("w", None, None, 1, 50)
+    stamp = lists.stamp("w")
+    lists.moved(["w"])  # an append changed the workspace's membership during the read
+    lists.put(key, stamp, ["a"], 1)
+    assert lists.get(key) is None
+
+    lists.put(key, lists.stamp("w"), ["a"], 1)
+    assert lists.get(key) == (("a",), 1)
+    lists.moved(["other"])
+    assert lists.get(key) == (("a",), 1)
+    lists.clear()
+    assert lists.get(key) is None

@@ -228,7 +228,7 @@ class ReadModelQueries:
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(statement, parameters)).all()
                 if rows:
-                    total = int(rows[0][0])
+                    total = int(rows[0][0] or 0)  # no counter row: none counted (yet)
                 else:  # an empty page (past the end, or nothing matches): the total alone
                     total = int((await conn.execute(_LIST_TOTAL, parameters)).scalar() or 0)
             views = [decode_evaluation(doc) for _, doc in rows]

@@ -4,9 +4,10 @@
   the append transaction as evaluations are created and change status, so a list's `total`
   is one row, never a count(*) over the workspace.
 - Ranks: each new evaluation gets `workspace_seq`, its place in its workspace's creation order
-  (1, 2, 3... in commit order, no gaps: evaluations are never removed). The unfiltered list
-  is newest first, so page N starts at rank `total - (N - 1) * page_size`: a seek in
-  `ix_evaluations_ws_seq`, as cheap on page 2,000 as on page 1.
+  (1, 2, 3... in commit order, no gaps: evaluations are never removed), and `project_seq`, the
+  same within its project. The list is newest first, so page N of the unfiltered list (or of
+  one project's) starts at rank `total - (N - 1) * page_size`: a seek in
+  `ix_evaluations_ws_seq` (`ix_evaluations_ws_project_seq`), as cheap on page 2,000 as on 1.
 
 Both are folds of the same events as the rows, written in the same transaction: a rebuild
 (`infrastructure.rebuild`, scratch tables) produces them exactly as the inline path does.
@@ -61,9 +62,9 @@ class ListCounts:
     def __init__(self, count_table: sa.Table) -> None:
         self._table = count_table
         t = count_table
-        self._workspace_totals = sa.select(t.c.workspace_id, t.c.total).where(
+        # Every status-independent counter of the workspaces: theirs and their projects'.
+        self._rank_totals = sa.select(t.c.workspace_id, t.c.project_id, t.c.total).where(
             t.c.workspace_id.in_(sa.bindparam("workspaces", expanding=True)),
-            t.c.project_id == ANY,
             t.c.status == ANY,
         )
         self._upserts: dict[str, Any] = {}
@@ -87,24 +88,35 @@ class ListCounts:
             self._upserts[dialect] = statement
         return statement
 
+    @staticmethod
+    def _next(last: dict[tuple[str, str], int], key: tuple[str, str]) -> int:
+        last[key] = last.get(key, 0) + 1
+        return last[key]
+
     def apply(
         self,
         conn: Connection,
         before: Mapping[str, EvaluationView],
         after: Mapping[str, EvaluationView],
-    ) -> tuple[dict[str, int], set[str]]:
+    ) -> tuple[dict[str, dict[str, int | None]], set[str]]:
         """Move the counters from `before` to `after` and rank the evaluations new in `after`
-        (in its order, which is creation order); returns the new evaluations' ranks and the
-        workspaces whose lists changed membership. Runs inside the append transaction, which
-        serialises appends: ranks never collide."""
+        (in its order, which is creation order); returns the new evaluations' rank columns
+        and the workspaces whose lists changed membership. Runs inside the append
+        transaction, which serialises appends: ranks never collide."""
         created = [v for k, v in after.items() if k not in before]
-        ranks: dict[str, int] = {}
+        ranks: dict[str, dict[str, int | None]] = {}
         if created:
             workspaces = sorted({v.workspace_id for v in created})
-            result = conn.execute(self._workspace_totals, {"workspaces": workspaces})
-            last: dict[str, int] = {w: int(n) for w, n in result.all()}
+            result = conn.execute(self._rank_totals, {"workspaces": workspaces})
+            last: dict[tuple[str, str], int] = {(w, p): int(n) for w, p, n in result.all()}
             for view in created:
-                last[view.workspace_id] = ranks[view.id] = last.get(view.workspace_id, 0) + 1
+                project = view.config.project_id
+                ranks[view.id] = {
+                    "workspace_seq": self._next(last, (view.workspace_id, ANY)),
+                    "project_seq": self._next(last, (view.workspace_id, project))
+                    if project
+                    else None,
+                }
         changes = count_changes(before, after)
         if changes:
             conn.execute(

@@ -85,9 +85,10 @@ def _list_statement(by_status: bool, by_project: bool) -> sa.Select[Any]:
 
     The total is the filter's counter row (infrastructure.list_counts), never a count(*). The
     page is a seek: rows of rank at most a boundary, in the filter's index order, LIMIT the page
-    size. Unfiltered, ranks are dense, so the boundary is arithmetic (`total - skip`) and page
-    2,000 costs what page 1 does. Filtered, the boundary is the rank found `skip` entries down
-    the filter's index: an index-only OFFSET over integers, not over rows and their documents.
+    size. Unfiltered or by project alone, ranks are dense (`workspace_seq`, `project_seq`), so
+    the boundary is arithmetic (`total - skip`) and page 2,000 costs what page 1 does. By
+    status, the boundary is the rank found `skip` entries down the filter's index: an
+    index-only OFFSET over integers, not over rows and their documents.
     """
     e, c = evaluations, evaluation_counts
     total = (
@@ -104,12 +105,14 @@ def _list_statement(by_status: bool, by_project: bool) -> sa.Select[Any]:
         conditions.append(e.c.status == sa.bindparam("status"))
     if by_project:
         conditions.append(e.c.project_id == sa.bindparam("project_id"))
+    # Within a project both ranks follow creation order; its own is dense there.
+    rank = e.c.project_seq if by_project and not by_status else e.c.workspace_seq
     boundary: sa.ColumnElement[int]
-    if by_status or by_project:
+    if by_status:
         boundary = (
-            sa.select(e.c.workspace_seq)
+            sa.select(rank)
             .where(*conditions)
-            .order_by(e.c.workspace_seq.desc())
+            .order_by(rank.desc())
             .limit(1)
             .offset(sa.bindparam("skip", type_=sa.Integer))
             .scalar_subquery()
@@ -118,8 +121,8 @@ def _list_statement(by_status: bool, by_project: bool) -> sa.Select[Any]:
         boundary = total - sa.bindparam("skip", type_=sa.Integer)
     return (
         sa.select(total.label("total"), e.c.doc)
-        .where(*conditions, e.c.workspace_seq <= boundary)
-        .order_by(e.c.workspace_seq.desc())
+        .where(*conditions, rank <= boundary)
+        .order_by(rank.desc())
         .limit(sa.bindparam("page_size", type_=sa.Integer))
     )
 

@@ -186,7 +186,7 @@ class Projector:
         self._write(
             conn,
             [
-                {**evaluation_row(v), "workspace_seq": ranks[k]}
+                {**evaluation_row(v), **ranks[k]}
                 for k, v in views.evaluations.items()
                 if k not in existing_evaluations
             ],

@@ -51,10 +51,14 @@ evaluations = sa.Table(
     # order, and a key to seek page N by (infrastructure.list_counts). Null only in a row a
     # migration could not rank (never written so by the projection).
     sa.Column("workspace_seq", sa.BigInteger, nullable=True),
+    # The same within its project (null without one): a project's list seeks by it.
+    sa.Column("project_seq", sa.BigInteger, nullable=True),
     # One index per filter the list offers, each ending in its order: no sort, no scan.
     sa.Index("ix_evaluations_ws_seq", "workspace_id", "workspace_seq", unique=True),
     sa.Index("ix_evaluations_ws_status_seq", "workspace_id", "status", "workspace_seq"),
-    sa.Index("ix_evaluations_ws_project_seq", "workspace_id", "project_id", "workspace_seq"),
+    sa.Index(
+        "ix_evaluations_ws_project_seq", "workspace_id", "project_id", "project_seq", unique=True
+    ),
     sa.Index(
         "ix_evaluations_ws_project_status_seq",
         "workspace_id",

@@ -35,6 +35,7 @@ async def fill(engine: AsyncEngine, per_workspace: int = 3000) -> None:
                     "last_position": seq,
                     "doc": "{}",
                     "workspace_seq": seq,
+                    "project_seq": seq // 3 if seq % 3 == 0 else None,
                 }
             )
     async with engine.begin() as conn:

@@ -5,8 +5,8 @@ Revises: 0003
 Create Date: 2026-11-30
 
 Backfilled from the existing rows exactly as the projection would have written them: an
-evaluation's rank is its place in its workspace by the position of its `evaluation.created`
-event (commit order), and the counters are counts of the rows per filter.
+evaluation's rank is its place in its workspace (and in its project) by the position of its
+`evaluation.created` event (commit order), and the counters are counts of the rows per filter.
 """
 
 import sqlalchemy as sa
@@ -18,9 +18,12 @@ branch_labels = None
 depends_on = None
 
 _RANKS = """
-UPDATE evaluations SET workspace_seq = ranked.seq FROM (
+UPDATE evaluations SET workspace_seq = ranked.seq, project_seq = ranked.project_seq FROM (
     SELECT e.id AS id,
-           row_number() OVER (PARTITION BY e.workspace_id ORDER BY created.position) AS seq
+           row_number() OVER (PARTITION BY e.workspace_id ORDER BY created.position) AS seq,
+           CASE WHEN e.project_id IS NULL OR e.project_id = '' THEN NULL ELSE row_number() OVER (
+               PARTITION BY e.workspace_id, e.project_id ORDER BY created.position
+           ) END AS project_seq
     FROM evaluations e
     JOIN events created
       ON created.stream_type = 'evaluation' AND created.stream_id = e.id
@@ -45,6 +48,7 @@ SELECT workspace_id, project_id, status, count(*) FROM evaluations
 
 def upgrade() -> None:
     op.add_column("evaluations", sa.Column("workspace_seq", sa.BigInteger(), nullable=True))
+    op.add_column("evaluations", sa.Column("project_seq", sa.BigInteger(), nullable=True))
     op.execute(_RANKS)
     op.drop_index("ix_evaluations_ws_created", table_name="evaluations")
     op.create_index(
@@ -56,7 +60,8 @@ def upgrade() -> None:
     op.create_index(
         "ix_evaluations_ws_project_seq",
         "evaluations",
-        ["workspace_id", "project_id", "workspace_seq"],
+        ["workspace_id", "project_id", "project_seq"],
+        unique=True,
     )
     op.create_index(
         "ix_evaluations_ws_project_status_seq",
@@ -86,4 +91,5 @@ def downgrade() -> None:
         "ix_evaluations_ws_created", "evaluations", ["workspace_id", "created_at"], unique=False
     )
     with op.batch_alter_table("evaluations") as batch:
+        batch.drop_column("project_seq")
         batch.drop_column("workspace_seq")

@@ -30,6 +30,7 @@ from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
 from infrastructure.leases import LeaseBook
 from infrastructure.queries import ReadModelQueries
+from infrastructure.read_caches import ReadCaches
 from infrastructure.readmodels import Projector
 from infrastructure.registry.blobs import BlobStore
 from infrastructure.registry.bundles import BundleCache, BundleSource
@@ -39,19 +40,23 @@ from infrastructure.sandbox.local.principals import parse_uid_range
 from infrastructure.sandbox.registry import ProviderRegistry, default_registry
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, load_catalog
-from infrastructure.view_cache import ViewCache
 from infrastructure.work_queue import WorkQueue
 
 log = structlog.get_logger("assay.server")
 
 
 def open_store(
-    engine: AsyncEngine, *, after_commit: AfterCommit | None = None
+    engine: AsyncEngine,
+    *,
+    projector: Projector | None = None,
+    after_commit: AfterCommit | None = None,
 ) -> tuple[EventStore, LeaseBook]:
     """The event store of `engine`, keeping the read models and the lease book in step."""
     leases = LeaseBook(engine)
     store = EventStore(
-        engine, in_transaction=in_order(Projector(), leases.follow), after_commit=after_commit
+        engine,
+        in_transaction=in_order(projector or Projector(), leases.follow),
+        after_commit=after_commit,
     )
     return store, leases
 
@@ -73,10 +78,13 @@ def build_container(
     providers: ProviderRegistry | None = None,
 ) -> Container:
     engine = engine or create_engine(settings.database_url)
-    cache = ViewCache(settings.view_cache_seconds)
-    store, leases = open_store(engine, after_commit=cache.forget_recorded)
+    projector = Projector()
+    # Cached views take the fold of the committed events instead of being evicted, so a poll
+    # of a running evaluation stays a cache hit (infrastructure.read_caches).
+    caches = ReadCaches(settings.view_cache_seconds, projector)
+    store, leases = open_store(engine, projector=projector, after_commit=caches.committed)
     repository = Repository(store)
-    queries = ReadModelQueries(engine, cache)
+    queries = ReadModelQueries(engine, caches.views, caches.lists)
     identity = IdentityStore(engine, load_cipher(settings))
     if catalog is None:
         catalog = load_catalog(settings.task_paths)
@@ -134,4 +142,5 @@ def build_container(
         task_sets=task_sets,
         work=work,
         providers=providers or sandbox_providers(settings),
+        caches=caches,
     )

@@ -23,12 +23,12 @@ from infrastructure.eventstore import EventStore
 from infrastructure.expiring import ExpiringMap
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
+from infrastructure.read_caches import ReadCaches
 from infrastructure.registry.bundles import BundleSource
 from infrastructure.repository import Repository
 from infrastructure.sandbox.registry import ProviderRegistry
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog
-from infrastructure.view_cache import LogTail
 from infrastructure.work_queue import WorkQueue
 
 log = structlog.get_logger("assay.server")
@@ -57,6 +57,7 @@ class Container:
     task_sets: TaskSetService
     work: WorkSignal
     providers: ProviderRegistry
+    caches: ReadCaches
     _capacity: ExpiringMap[str, int] = field(
         default_factory=lambda: ExpiringMap(CAPACITY_CACHE_SECONDS, max_entries=1)
     )
@@ -94,19 +95,19 @@ class Container:
 
     async def follow_log(self) -> None:
         """Keep the view cache current with appends of other processes (runs until cancelled)."""
-        if not self.queries.cache.enabled:
+        if not self.caches.views.enabled:
             return
-        tail = LogTail(
+        tail = self.caches.follow(
             lambda after: self.store.read_all(after_position=after, limit=1000),
             await self.store.last_position(),
-            self.queries.cache,
+            self.queries.evaluations_by_id,
         )
         while True:
             await asyncio.sleep(self.settings.view_tail_seconds)
             try:
                 await tail.poll()
-            except Exception as exc:  # a passing database hiccup: empty the cache, go on
-                self.queries.cache.clear()
+            except Exception as exc:  # a passing database hiccup: empty the caches, go on
+                self.caches.clear()
                 log.warning("log_tail_failed", error=repr(exc))
 
     async def close(self) -> None:

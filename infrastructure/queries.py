@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.projections import EvaluationView, ItemView
-from infrastructure.db.store_tables import evaluations, events, items
+from infrastructure.db.store_tables import evaluation_counts, evaluations, events, items
 from infrastructure.eventstore import RecordedEvent
 from infrastructure.ids import HEX, MIN_PREFIX, normalise_prefix
+from infrastructure.list_cache import ListCache, ListKey
+from infrastructure.list_counts import ANY
 from infrastructure.readmodels import decode_evaluation, decode_item
 from infrastructure.view_cache import ViewCache
 
@@ -42,6 +45,9 @@ def _prefix_range(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElemen
 
 
 _EVALUATION_BY_ID = sa.select(evaluations.c.doc).where(evaluations.c.id == sa.bindparam("id"))
+_EVALUATIONS_BY_IDS = sa.select(evaluations.c.doc).where(
+    evaluations.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 _EVALUATION_IDS_BY_PREFIX = (
     sa.select(evaluations.c.id)
     .where(
@@ -64,11 +70,88 @@ _ITEM_BY_ID = sa.select(items.c.doc).where(
 _ITEM_IDS_OF = sa.select(items.c.id).where(items.c.evaluation_id == sa.bindparam("evaluation_id"))
 
 
+def _list_statement(by_status: bool, by_project: bool) -> sa.Select[Any]:
+    """One page of the workspace's evaluations, newest first, with the filter's total.
+
+    The total is the filter's counter row (infrastructure.list_counts), never a count(*). The
+    page is a seek: rows of rank at most a boundary, in the filter's index order, LIMIT the page
+    size. Unfiltered or by project alone, ranks are dense (`workspace_seq`, `project_seq`), so
+    the boundary is arithmetic (`total - skip`) and page 2,000 costs what page 1 does. By
+    status, the boundary is the rank found `skip` entries down the filter's index: an
+    index-only OFFSET over integers, not over rows and their documents.
+    """
+    e, c = evaluations, evaluation_counts
+    total = (
+        sa.select(c.c.total)
+        .where(
+            c.c.workspace_id == sa.bindparam("workspace_id"),
+            c.c.project_id == sa.bindparam("project_key"),
+            c.c.status == sa.bindparam("status_key"),
+        )
+        .scalar_subquery()
+    )
+    conditions = [e.c.workspace_id == sa.bindparam("workspace_id")]
+    if by_status:
+        conditions.append(e.c.status == sa.bindparam("status"))
+    if by_project:
+        conditions.append(e.c.project_id == sa.bindparam("project_id"))
+    # Within a project both ranks follow creation order; its own is dense there.
+    rank = e.c.project_seq if by_project and not by_status else e.c.workspace_seq
+    boundary: sa.ColumnElement[int]
+    if by_status:
+        boundary = (
+            sa.select(rank)
+            .where(*conditions)
+            .order_by(rank.desc())
+            .limit(1)
+            .offset(sa.bindparam("skip", type_=sa.Integer))
+            .scalar_subquery()
+        )
+    else:
+        boundary = total - sa.bindparam("skip", type_=sa.Integer)
+    return (
+        sa.select(total.label("total"), e.c.doc)
+        .where(*conditions, rank <= boundary)
+        .order_by(rank.desc())
+        .limit(sa.bindparam("page_size", type_=sa.Integer))
+    )
+
+
+# Built once per filter combination (building a statement costs more than running it).
+LIST_STATEMENTS = {
+    (by_status, by_project): _list_statement(by_status, by_project)
+    for by_status in (False, True)
+    for by_project in (False, True)
+}
+_LIST_TOTAL = sa.select(evaluation_counts.c.total).where(
+    evaluation_counts.c.workspace_id == sa.bindparam("workspace_id"),
+    evaluation_counts.c.project_id == sa.bindparam("project_key"),
+    evaluation_counts.c.status == sa.bindparam("status_key"),
+)
+
+
+def list_parameters(
+    workspace_id: str, page: int, page_size: int, status: str | None, project_id: str | None
+) -> dict[str, object]:
+    return {
+        "workspace_id": workspace_id,
+        "status": status,
+        "project_id": project_id,
+        "status_key": status or ANY,
+        "project_key": project_id or ANY,
+        "skip": (page - 1) * page_size,
+        "page_size": page_size,
+    }
+
+
 class ReadModelQueries:
-    def __init__(self, engine: AsyncEngine, cache: ViewCache | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cache: ViewCache | None = None, lists: ListCache | None = None
+    ) -> None:
         # Reads are single statements: no transaction (no BEGIN/ROLLBACK round trips).
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.cache = cache or ViewCache(ttl_seconds=0)
+        self.lists = lists or ListCache(ttl_seconds=0)
 
     async def evaluation(self, evaluation_id: str) -> EvaluationView | None:
         cached = self.cache.get(evaluation_id)
@@ -83,6 +166,12 @@ class ReadModelQueries:
         finally:
             self.cache.end_read(started, view)
         return view
+
+    async def evaluations_by_id(self, ids: Sequence[str]) -> list[EvaluationView]:
+        """Rows read straight from the database (the log tail's refresh of cached views)."""
+        async with self.engine.connect() as conn:
+            docs = (await conn.execute(_EVALUATIONS_BY_IDS, {"ids": list(ids)})).scalars().all()
+        return [decode_evaluation(d) for d in docs]
 
     async def resolve_evaluation_id(self, workspace_id: str, raw: str) -> str | None:
         """The full id of the workspace's evaluation that `raw` names (an id or a prefix)."""
@@ -117,23 +206,56 @@ class ReadModelQueries:
         status: str | None = None,
         project_id: str | None = None,
     ) -> Page:
-        conditions = [evaluations.c.workspace_id == workspace_id]
-        if status is not None:
-            conditions.append(evaluations.c.status == status)
-        if project_id is not None:
-            conditions.append(evaluations.c.project_id == project_id)
-        query = (
-            sa.select(evaluations.c.doc)
-            .where(*conditions)
-            .order_by(evaluations.c.created_at.desc(), evaluations.c.id.desc())
-            .limit(page_size)
-            .offset((page - 1) * page_size)
-        )
-        count = sa.select(sa.func.count()).select_from(evaluations).where(*conditions)
-        async with self.engine.connect() as conn:
-            docs = (await conn.execute(query)).scalars().all()
-            total = int((await conn.execute(count)).scalar_one())
-        return Page(items=[decode_evaluation(d) for d in docs], total=total)
+        key = (workspace_id, status, project_id, page, page_size)
+        cached = self.lists.get(key)
+        if cached is not None:
+            views = await self._cached_page(key, *cached)
+            if views is not None:
+                return Page(items=views, total=cached[1])
+        stamp = self.lists.stamp(workspace_id)
+        started = self.cache.begin_read()
+        views = []
+        try:
+            statement = LIST_STATEMENTS[(status is not None, project_id is not None)]
+            parameters = list_parameters(workspace_id, page, page_size, status, project_id)
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(statement, parameters)).all()
+                if rows:
+                    total = int(rows[0][0] or 0)  # no counter row: none counted (yet)
+                else:  # an empty page (past the end, or nothing matches): the total alone
+                    total = int((await conn.execute(_LIST_TOTAL, parameters)).scalar() or 0)
+            views = [decode_evaluation(doc) for _, doc in rows]
+        finally:
+            self.cache.end_reads(started, views)
+        self.lists.put(key, stamp, (v.id for v in views), total)
+        return Page(items=views, total=total)
+
+    async def _cached_page(
+        self, key: ListKey, ids: tuple[str, ...], total: int
+    ) -> list[EvaluationView] | None:
+        """The views of a cached page, from the view cache (re-reading those it lost), or None
+        when one no longer fits the page (the caller then reads the page afresh)."""
+        workspace_id, status, project_id = key[0], key[1], key[2]
+        views = [self.cache.get(i) for i in ids]
+        missing = [i for i, v in zip(ids, views, strict=True) if v is None]
+        if missing:
+            started = self.cache.begin_read()
+            loaded: list[EvaluationView] = []
+            try:
+                loaded = await self.evaluations_by_id(missing)
+            finally:
+                self.cache.end_reads(started, loaded)
+            found = {v.id: v for v in loaded}
+            views = [v or found.get(i) for i, v in zip(ids, views, strict=True)]
+        fits = [
+            v
+            for v in views
+            if v is not None
+            and v.workspace_id == workspace_id
+            and (status is None or v.status == status)
+            and (project_id is None or v.config.project_id == project_id)
+        ]
+        return fits if len(fits) == len(ids) else None
 
     async def items(self, evaluation_id: str, *, status: str | None = None) -> list[ItemView]:
         query = sa.select(items.c.doc).where(items.c.evaluation_id == evaluation_id)

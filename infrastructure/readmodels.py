@@ -8,6 +8,7 @@ verifies the read models from the log (`infrastructure.rebuild`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -18,8 +19,9 @@ from domain import evaluation as ev
 from domain import item as it
 from domain.projections import EvaluationView, ItemView, Views, project
 from infrastructure import codec
-from infrastructure.db.store_tables import evaluations, items
+from infrastructure.db.store_tables import evaluation_counts, evaluations, items
 from infrastructure.eventstore import RecordedEvent
+from infrastructure.list_counts import ListCounts
 
 _encoder = msgspec.json.Encoder()
 _evaluation_decoder = msgspec.json.Decoder(EvaluationView)
@@ -101,15 +103,44 @@ def fold(recorded: Sequence[RecordedEvent], views: Views | None = None) -> Views
     return views
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One append's projection, handed to the caches after its transaction commits: the
+    evaluation views it folded, and the workspaces whose lists changed membership."""
+
+    views: dict[str, EvaluationView] = field(default_factory=dict)
+    moved_workspaces: set[str] = field(default_factory=set)
+
+
 class Projector:
     """Folds recorded events into evaluation and item rows of the given tables."""
 
-    def __init__(self, evaluation_table: sa.Table = evaluations, item_table: sa.Table = items):
+    def __init__(
+        self,
+        evaluation_table: sa.Table = evaluations,
+        item_table: sa.Table = items,
+        count_table: sa.Table = evaluation_counts,
+    ):
         self._sql = _Statements(evaluation_table, item_table)
+        self._counts = ListCounts(count_table)
+        # The evaluation views of the last fold, stamped with the first and last event ids it
+        # folded: after its transaction commits, the view cache takes them (`folded_views`).
+        self._last_fold: tuple[str, str, Fold] = ("", "", Fold())
+
+    def folded(self, recorded: Sequence[RecordedEvent]) -> Fold:
+        """What the last call folded, if that call folded exactly `recorded` (the events of
+        a transaction that committed); else an empty fold. Appends run one transaction at a
+        time per store, so the last fold is the committed one's."""
+        first, last, fold = self._last_fold
+        if recorded and (recorded[0].event_id, recorded[-1].event_id) == (first, last):
+            return fold
+        return Fold()
 
     def __call__(self, conn: Connection, recorded: list[RecordedEvent]) -> None:
         """Synchronous, as every append transaction body is (see infrastructure.eventstore);
         from async code: `await conn.run_sync(projector, recorded)`."""
+        self._last_fold = ("", "", Fold())
+        stamp = (recorded[0].event_id, recorded[-1].event_id) if recorded else ("", "")
         recorded = [r for r in recorded if r.stream_type in codec.DOMAIN_STREAMS]
         decoded = [codec.decode(r) for r in recorded]
         created_evaluations = {
@@ -133,15 +164,18 @@ class Projector:
                 item_view = decode_item(doc)
                 views.items[item_view.id] = item_view
         existing_evaluations = set(views.evaluations)
+        loaded_evaluations = dict(views.evaluations)
         existing_items = set(views.items)
 
         for event, record in zip(decoded, recorded, strict=True):
             project(views, event, codec.envelope(record))
 
+        # List totals and ranks (infrastructure.list_counts), in this same transaction.
+        ranks, moved = self._counts.apply(conn, loaded_evaluations, views.evaluations)
         self._write(
             conn,
             [
-                evaluation_row(v)
+                {**evaluation_row(v), **ranks[k]}
                 for k, v in views.evaluations.items()
                 if k not in existing_evaluations
             ],
@@ -149,6 +183,7 @@ class Projector:
             [item_row(v) for k, v in views.items.items() if k not in existing_items],
             [item_row(v) for k, v in views.items.items() if k in existing_items],
         )
+        self._last_fold = (*stamp, Fold(views.evaluations, moved))
 
     def _write(
         self,

@@ -104,8 +104,8 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
         await conn.run_sync(scratch.drop_all)
         await conn.run_sync(scratch.create_all)
     try:
-        evaluation_scratch, item_scratch = (s for _, s in pairs)
-        projector = Projector(evaluation_scratch, item_scratch)
+        evaluation_scratch, item_scratch, count_scratch = (s for _, s in pairs)
+        projector = Projector(evaluation_scratch, item_scratch, count_scratch)
         position = await _fold_into_scratch(store, projector, progress)
         differences: list[Difference] = []
         recorded = []
@@ -130,10 +130,11 @@ async def _run(store: EventStore, *, swap: bool, progress: Progress | None) -> l
 
 async def _compare(conn: AsyncConnection, live: sa.Table, rebuilt: sa.Table) -> list[Difference]:
     columns = [c.name for c in live.columns]
+    key = [columns.index(c.name) for c in live.primary_key]
 
     async def rows(table: sa.Table) -> dict[str, tuple[object, ...]]:
         result = await conn.execute(sa.select(*(table.c[name] for name in columns)))
-        return {row[0]: tuple(row) for row in result.all()}
+        return {"/".join(str(row[i]) for i in key): tuple(row) for row in result.all()}
 
     have, want = await rows(live), await rows(rebuilt)
     found = [Difference(live.name, k, "missing") for k in want.keys() - have.keys()]

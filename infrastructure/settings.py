@@ -62,8 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # OpenAI-compatible endpoint of the `openai` agent when the evaluation names no runtime.
     openai_base_url: str | None = None
     default_max_steps: int = 30
-    # Seconds a server keeps an evaluation view in memory. Its own writes and (within
-    # view_tail_seconds) every other process's appends evict it sooner; 0 turns caching off.
+    # Seconds a server keeps an evaluation view or a list page in memory at most. Its own
+    # writes update them at once, other processes' appends within view_tail_seconds; 0 turns
+    # caching off.
     view_cache_seconds: float = 5.0
     view_tail_seconds: float = 0.2
     # Largest blob the task registry accepts in one upload request (a task bundle layer).

@@ -38,6 +38,33 @@ from app.errors import ApiError, not_found
 from domain import analytics
 from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
+from domain.projections import EvaluationView
+
+
+class _Responses:
+    """Each evaluation's wire object, kept while its view and the capacity stay the same.
+
+    Cached views are shared frozen objects (infrastructure.view_cache), so a list page of 50
+    asks for the same 50 objects poll after poll; building each answer again is most of what
+    such a page costs past its fixed overhead. Keyed by id, valid only for the very view
+    object (identity) and capacity it was built from: any change is a new view object."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._built: dict[str, tuple[EvaluationView, int, EvaluationResponse]] = {}
+        self._max_entries = max_entries
+
+    def of(self, view: EvaluationView, capacity: int) -> EvaluationResponse:
+        entry = self._built.get(view.id)
+        if entry is not None and entry[0] is view and entry[1] == capacity:
+            return entry[2]
+        if len(self._built) >= self._max_entries:
+            self._built.clear()
+        response = evaluation_response(view, capacity)
+        self._built[view.id] = (view, capacity, response)
+        return response
+
+
+_responses = _Responses()
 
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
 
@@ -104,7 +131,7 @@ class EvaluationController(Controller):
         )
         capacity = await container_of(request).capacity()
         return EvaluationList(
-            items=[evaluation_response(v, capacity) for v in found.items],
+            items=[_responses.of(v, capacity) for v in found.items],
             total=found.total,
             page=page,
             page_size=page_size,

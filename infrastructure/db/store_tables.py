@@ -47,7 +47,25 @@ evaluations = sa.Table(
     sa.Column("created_at", TIME, nullable=False),
     sa.Column("last_position", sa.BigInteger, nullable=False),
     sa.Column("doc", sa.Text, nullable=False),
-    sa.Index("ix_evaluations_ws_created", "workspace_id", "created_at"),
+    # The evaluation's rank in its workspace in creation (commit) order, 1, 2, 3...: the list's
+    # order, and a key to seek page N by (infrastructure.list_counts). Null only in a row a
+    # migration could not rank (never written so by the projection).
+    sa.Column("workspace_seq", sa.BigInteger, nullable=True),
+    # The same within its project (null without one): a project's list seeks by it.
+    sa.Column("project_seq", sa.BigInteger, nullable=True),
+    # One index per filter the list offers, each ending in its order: no sort, no scan.
+    sa.Index("ix_evaluations_ws_seq", "workspace_id", "workspace_seq", unique=True),
+    sa.Index("ix_evaluations_ws_status_seq", "workspace_id", "status", "workspace_seq"),
+    sa.Index(
+        "ix_evaluations_ws_project_seq", "workspace_id", "project_id", "project_seq", unique=True
+    ),
+    sa.Index(
+        "ix_evaluations_ws_project_status_seq",
+        "workspace_id",
+        "project_id",
+        "status",
+        "workspace_seq",
+    ),
 )
 
 items = sa.Table(
@@ -62,4 +80,15 @@ items = sa.Table(
     sa.Index("ix_items_evaluation_position", "evaluation_id", "position"),
 )
 
-READ_MODEL_TABLES = (evaluations, items)
+# How many evaluations each list filter matches, kept by the inline projection so a list's
+# total is one row, not a count(*). "" stands for "any" (project_id "" counts every project).
+evaluation_counts = sa.Table(
+    "evaluation_counts",
+    metadata,
+    sa.Column("workspace_id", ID, primary_key=True),
+    sa.Column("project_id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("total", sa.BigInteger, nullable=False),
+)
+
+READ_MODEL_TABLES = (evaluations, items, evaluation_counts)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import sqlalchemy as sa
 
 from app.composition import open_store
 from app.services.items import ItemService
@@ -13,8 +16,9 @@ from infrastructure.clock import system_clock
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import RecordedEvent
 from infrastructure.queries import ReadModelQueries
+from infrastructure.readmodels import Projector
 from infrastructure.repository import Repository
-from infrastructure.view_cache import REBUILT_EVENT, ViewCache
+from infrastructure.view_cache import REBUILT_EVENT, LogTail, ViewCache
 from tests.app.conftest import Api
 
 
@@ -67,7 +71,7 @@ def test_another_processs_append_is_seen_within_the_log_tail_interval(api: Api) 
     assert status == "running"
 
 
-def _view(evaluation_id: str) -> EvaluationView:
+def _view(evaluation_id: str, last_position: int = 1, status: str = "queued") -> EvaluationView:
     from domain.evaluation import EvaluationConfig
 
     return EvaluationView(
@@ -76,18 +80,20 @@ def _view(evaluation_id: str) -> EvaluationView:
         workspace_id="w",
         config=EvaluationConfig(name="n"),
         dataset_size=1,
-        status="queued",
+        status=status,  # type: ignore[arg-type]
         item_counts={},
         queued_at="t",
         created_at="t",
         updated_at="t",
-        last_position=1,
+        last_position=last_position,
     )
 
 
-def _recorded(stream_type: str, stream_id: str, data: str, kind: str = "x") -> RecordedEvent:
+def _recorded(
+    stream_type: str, stream_id: str, data: str, kind: str = "x", position: int = 1
+) -> RecordedEvent:
     return RecordedEvent(
-        position=1,
+        position=position,
         event_id="e",
         stream_type=stream_type,
         stream_id=stream_id,
@@ -136,3 +142,104 @@ def test_after_a_clear_only_reads_started_before_it_are_refused() -> None:
     assert cache.get("a") is None
     cache.end_read(cache.begin_read(), _view("a"))
     assert cache.get("a") is not None
+
+
+def evaluation_reads(api: Api) -> list[str]:
+    """Statements that read evaluation rows from now on, through the API's own engine."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM evaluations" in statement:
+            seen.append(statement)
+
+    engine = api.client.app.state.container.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+def claim_in_this_process(api: Api, evaluation_id: str) -> None:
+    """Append a claim through the serving process's own store, as its in-process worker does."""
+    container = api.client.app.state.container
+
+    async def claim() -> None:
+        first = (await container.queries.items(evaluation_id))[0]
+        assert await container.items.claim([first.id], "here")
+
+    api.client.blocking_portal.call(claim)
+
+
+def test_a_cached_view_takes_the_fold_of_this_processs_append_instead_of_a_database_read(
+    api: Api,
+) -> None:
+    created = api.create(task_names=["find-the-flag", "decode-payload"]).json()
+    assert api.get(f"/evaluation/{created['id']}").json()["status"] == "queued"  # now cached
+    claim_in_this_process(api, created["id"])
+
+    reads = evaluation_reads(api)
+    served = api.get(f"/evaluation/{created['id']}").json()
+
+    assert served["status"] == "running"
+    assert served["item_counts"]["provisioning"] == 1  # a claim starts provisioning at once
+    assert reads == []
+
+
+def test_refresh_replaces_cached_views_keeps_their_expiry_and_never_goes_back() -> None:
+    cache = ViewCache(ttl_seconds=60)
+    cache.end_read(cache.begin_read(), _view("a", last_position=5))
+    expiry = cache._entries["a"][0]
+    event = _recorded("evaluation", "a", "{}", position=7)
+
+    cache.refresh([event], {"a": _view("a", last_position=7, status="running")})
+    assert (cache.get("a") or _view("x")).status == "running"
+    assert cache._entries["a"][0] == expiry
+
+    cache.refresh([event], {"a": _view("a", last_position=6, status="queued")})
+    assert (cache.get("a") or _view("x")).status == "running"
+
+
+def test_refresh_does_not_add_uncached_views_and_forgets_touched_ones_it_has_no_view_for() -> None:
+    cache = ViewCache(ttl_seconds=60)
+    cache.end_read(cache.begin_read(), _view("a"))
+    cache.refresh([_recorded("evaluation", "b", "{}", position=2)], {"b": _view("b", 2)})
+    assert cache.get("b") is None
+    cache.refresh([_recorded("evaluation", "a", "{}", position=3)], {})
+    assert cache.get("a") is None
+
+
+def test_a_read_in_flight_during_a_refresh_does_not_overwrite_the_refreshed_view() -> None:
+    cache = ViewCache(ttl_seconds=60)
+    cache.end_read(cache.begin_read(), _view("a", last_position=1))
+    started = cache.begin_read()
+    cache.refresh([_recorded("evaluation", "a", "{}", position=4)], {"a": _view("a", 4, "running")})
+    cache.end_read(started, _view("a", last_position=1))  # read the row before the commit
+    assert (cache.get("a") or _view("x")).last_position == 4
+
+
+def test_the_log_tail_rereads_only_cached_views_folded_before_the_page() -> None:
+    cache = ViewCache(ttl_seconds=60)
+    cache.end_read(cache.begin_read(), _view("a", last_position=1))
+    cache.end_read(cache.begin_read(), _view("b", last_position=9))  # already holds the page
+    page = [
+        _recorded("item", "i1", '{"evaluation_id": "a", "item_id": "i1"}', position=8),
+        _recorded("evaluation", "b", "{}", position=9),
+        _recorded("evaluation", "c", "{}", position=10),  # not cached
+    ]
+    loaded: list[list[str]] = []
+
+    async def read_after(position: int) -> list[RecordedEvent]:
+        return page if position < 10 else []
+
+    async def load(ids: Any) -> list[EvaluationView]:
+        loaded.append(list(ids))
+        return [_view("a", last_position=8, status="running")]
+
+    asyncio.run(LogTail(read_after, 0, cache, load).poll())
+
+    assert loaded == [["a"]]
+    assert (cache.get("a") or _view("x")).status == "running"
+    assert (cache.get("b") or _view("x")).last_position == 9
+
+
+def test_the_projection_hands_over_only_the_fold_of_the_events_it_was_given() -> None:
+    projector = Projector()
+    assert projector.folded([_recorded("evaluation", "a", "{}")]).views == {}

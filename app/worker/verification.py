@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from infrastructure.agents.protocol import AgentOutcome, redact
-from infrastructure.sandbox.protocol import ExecResult, Sandbox, SandboxFileNotFound
+from infrastructure.sandbox.protocol import (
+    ExecResult,
+    Sandbox,
+    SandboxFileNotFound,
+    SandboxPathUnavailable,
+)
 from infrastructure.tasks import (
     CheckerScriptVerification,
     FlagFileVerification,
@@ -60,6 +65,8 @@ async def check_flag_file(
     """A missing file is a wrong answer, not a broken checker."""
     try:
         content = await sandbox.get_file(verification.path)
+    except SandboxPathUnavailable as exc:
+        raise TaskUnrunnable(str(exc)) from exc
     except SandboxFileNotFound:
         return False, {"verification": "flag", "path": verification.path, "found": False}
     passed = verification.matches(content)

@@ -43,6 +43,12 @@ class SandboxFileNotFound(SandboxError, FileNotFoundError):
     """`get_file` of a path that does not exist in the sandbox (catchable as either)."""
 
 
+class SandboxPathUnavailable(SandboxError):
+    """`get_file` of a path this sandbox has no place of its own for (a weak sandbox without a
+    private /tmp shares the host's): reading it could return another item's file. No retry
+    changes that; the message says how to configure it."""
+
+
 class IsolationUnavailable(SandboxError):
     """The host cannot give the isolation asked for (strict without bubblewrap, say). The
     message says what is missing and how to fix it."""

@@ -31,7 +31,13 @@ from infrastructure.sandbox.local import (
     probe_isolation,
     processes,
 )
-from infrastructure.sandbox.protocol import EgressPolicy, SandboxError, SandboxProvider, SandboxSpec
+from infrastructure.sandbox.protocol import (
+    EgressPolicy,
+    SandboxError,
+    SandboxPathUnavailable,
+    SandboxProvider,
+    SandboxSpec,
+)
 from infrastructure.sandbox.registry import (
     ProviderRegistry,
     UnknownProvider,
@@ -530,6 +536,20 @@ async def test_path_traversal_task_is_solved_by_its_reference_solution_in_one_sa
         await box.destroy()
         shutil.rmtree(root, ignore_errors=True)
     assert processes_in(box.path) == []
+
+
+async def test_a_weak_sandbox_without_a_tmp_of_its_own_refuses_to_read_tmp_as_its_own(
+    sandbox: WeakSandbox,
+) -> None:
+    """Below /tmp (pytest's tmp_path) a weak sandbox shares the host's /tmp: a file there may
+    be another item's, so reading it as this item's answer is refused, saying how to fix it."""
+    assert sandbox.private_tmp is None
+    Path("/tmp/assay-shared-answer.txt").write_text("FLAG{someone-elses}")
+    try:
+        with pytest.raises(SandboxPathUnavailable, match="ASSAY_SANDBOX_ROOT outside /tmp"):
+            await sandbox.get_file("/tmp/assay-shared-answer.txt")
+    finally:
+        Path("/tmp/assay-shared-answer.txt").unlink()
 
 
 # -- isolation report and registry ----------------------------------------------------------

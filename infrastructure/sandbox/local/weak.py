@@ -95,6 +95,7 @@ from infrastructure.sandbox.protocol import (
     WORKSPACE,
     ExecResult,
     SandboxError,
+    SandboxPathUnavailable,
     SandboxSpec,
     ServiceEndpoint,
     ServiceSpec,
@@ -382,6 +383,13 @@ class WeakSandbox:
     async def get_file(self, relative_path: str) -> bytes:
         pure = PurePosixPath(relative_path)
         root = self._dir  # the workspace is this directory
+        if pure.is_absolute() and pure.is_relative_to("/tmp") and self.private_tmp is None:
+            raise SandboxPathUnavailable(
+                f"{relative_path!r}: weak sandbox {self.id} has no /tmp of its own (its root "
+                f"{self._dir.parent} lies below /tmp, or the host gives no PID namespace), so "
+                "its commands share the host's /tmp and the file may be another item's; set "
+                "ASSAY_SANDBOX_ROOT outside /tmp"
+            )
         for view_root, host_root in ((WORKSPACE, self._dir), ("/tmp", self.private_tmp)):
             inside = pure.is_absolute() and pure.is_relative_to(view_root)
             if host_root is not None and inside and pure != PurePosixPath(view_root):

@@ -17,9 +17,11 @@ from app.services.sandboxes import SandboxService
 from app.services.task_sets import TaskSetService
 from app.worker.pool import WorkerPool
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
+from infrastructure.eventstore import EventStore, RecordedEvent
 from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
+from infrastructure.live.hub import LiveHub
+from infrastructure.live.routing import EventRouter, Routed
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import Projector
 from infrastructure.registry.blobs import BlobStore
@@ -51,13 +53,34 @@ class Container:
     registry: RegistryService
     bundles: BundleSource
     task_sets: TaskSetService
+    live: LiveHub
     _capacity: tuple[float, int] = (0.0, 0)
 
     @classmethod
     def build(cls, settings: Settings) -> Container:
         engine = create_engine(settings.database_url)
         cache = ViewCache(settings.view_cache_seconds)
-        store = EventStore(engine, in_transaction=Projector(), after_commit=cache.forget_recorded)
+        live: LiveHub | None = None
+
+        def committed(recorded: list[RecordedEvent]) -> None:
+            cache.forget_recorded(recorded)
+            if live is not None:
+                live.wake()
+
+        store = EventStore(engine, in_transaction=Projector(), after_commit=committed)
+
+        async def forget_changed(routed: list[Routed]) -> None:
+            # Another process's appends: the streams' evaluation objects must not be stale.
+            cache.forget_recorded([r.record for r in routed])
+
+        live = LiveHub(
+            lambda after, limit: store.read_all(after_position=after, limit=limit),
+            store.last_position,
+            EventRouter(engine),
+            poll_seconds=settings.live_poll_seconds,
+            queue_limit=settings.sse_queue_limit,
+            before_delivery=forget_changed,
+        )
         queries = ReadModelQueries(engine, cache)
         identity = IdentityStore(engine, load_cipher(settings))
         catalog = load_catalog(settings.task_paths)
@@ -99,6 +122,7 @@ class Container:
             registry=registry,
             bundles=bundles,
             task_sets=task_sets,
+            live=live,
         )
 
     async def capacity(self) -> int:
@@ -140,5 +164,6 @@ class Container:
                 log.warning("log_tail_failed", error=repr(exc))
 
     async def close(self) -> None:
+        await self.live.close()
         await self.store.close()
         await self.engine.dispose()

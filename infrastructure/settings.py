@@ -65,6 +65,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_blob_bytes: int = 64 * 1024 * 1024
     # Where bundles are unpacked by digest (what create validates and the worker runs).
     bundle_cache: str = ".assay/bundles"
+    # Live streams (server-sent events): a `: keep-alive` comment every this many seconds; a
+    # subscriber this many events behind is dropped (it resumes with Last-Event-ID); the
+    # tailer reads other processes' appends every live_poll_seconds.
+    sse_heartbeat_seconds: float = 15.0
+    sse_queue_limit: int = 1000
+    live_poll_seconds: float = 0.05
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -102,6 +108,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("view_tail_seconds", float),
             ("max_blob_bytes", int),
             ("bundle_cache", str),
+            ("sse_heartbeat_seconds", float),
+            ("sse_queue_limit", int),
+            ("live_poll_seconds", float),
         ):
             raw = get(field.upper())
             if raw is not None:

@@ -10,6 +10,8 @@ from litestar import Request
 
 from app.auth import Scope
 from app.container import Container
+from app.errors import not_found
+from domain.projections import EvaluationView, ItemView
 from infrastructure.identity.records import Org, Principal
 
 
@@ -36,3 +38,26 @@ def request_id_of(request: Request[Any, Any, Any]) -> str | None:
     """The id the request middleware gave this request (echoed in errors and events)."""
     request_id: str | None = request.scope.get("state", {}).get("request_id")
     return request_id
+
+
+async def evaluation_in(
+    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
+) -> EvaluationView:
+    """The workspace's evaluation that `raw_id` names (an id or unique prefix), or 404."""
+    queries = container_of(request).queries
+    evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
+    view = await queries.evaluation(evaluation_id) if evaluation_id else None
+    if view is None or view.workspace_id != tenant.workspace.id:
+        raise not_found(f"evaluation {raw_id!r}")
+    return view
+
+
+async def item_in(
+    request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str
+) -> ItemView:
+    queries = container_of(request).queries
+    item_id = await queries.resolve_item_id(evaluation.id, raw_id)
+    item = await queries.item(evaluation.id, item_id) if item_id else None
+    if item is None:
+        raise not_found(f"item {raw_id!r}")
+    return item

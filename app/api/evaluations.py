@@ -8,7 +8,13 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
-from app.api.context import container_of, request_id_of, resolve_scope
+from app.api.context import (
+    container_of,
+    evaluation_in,
+    item_in,
+    request_id_of,
+    resolve_scope,
+)
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -16,13 +22,13 @@ from app.api.schemas import (
     EvaluationHistory,
     EvaluationList,
     EvaluationResponse,
-    HistoryEvent,
     ItemList,
     ItemResponse,
     Transcript,
     TranscriptMessageResponse,
     TranscriptSession,
     evaluation_response,
+    history_event,
     item_response,
 )
 from app.auth import Scope
@@ -31,8 +37,6 @@ from app.services.evaluations import CommandContext
 from domain import analytics
 from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
-from domain.projections import EvaluationView, ItemView
-from infrastructure import codec
 
 
 def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
@@ -42,28 +46,6 @@ def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
         workspace_id=tenant.workspace.id,
         request_id=request_id_of(request),
     )
-
-
-async def _evaluation(
-    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
-) -> EvaluationView:
-    queries = container_of(request).queries
-    evaluation_id = await queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
-    view = await queries.evaluation(evaluation_id) if evaluation_id else None
-    if view is None or view.workspace_id != tenant.workspace.id:
-        raise not_found(f"evaluation {raw_id!r}")
-    return view
-
-
-async def _item(
-    request: Request[Any, Any, Any], evaluation: EvaluationView, raw_id: str
-) -> ItemView:
-    queries = container_of(request).queries
-    item_id = await queries.resolve_item_id(evaluation.id, raw_id)
-    item = await queries.item(evaluation.id, item_id) if item_id else None
-    if item is None:
-        raise not_found(f"item {raw_id!r}")
-    return item
 
 
 PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
@@ -131,7 +113,7 @@ class EvaluationController(Controller):
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
         tenant = await resolve_scope(request, org, ws)
         return evaluation_response(
-            await _evaluation(request, tenant, evaluation_id),
+            await evaluation_in(request, tenant, evaluation_id),
             await container_of(request).capacity(),
         )
 
@@ -145,7 +127,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         container = container_of(request)
         cancelled = await container.evaluations.cancel(_context(request, tenant), view.id)
         return evaluation_response(cancelled, await container.capacity())
@@ -160,7 +142,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         container = container_of(request)
         reopened = await container.evaluations.retry_failed(_context(request, tenant), view.id)
         return evaluation_response(reopened, await container.capacity())
@@ -171,7 +153,7 @@ class EvaluationController(Controller):
     ) -> analytics.Analytics:
         """Pass rate, counts, per-task breakdown, durations and grouped errors."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id)
         return analytics.compute(view, items)
 
@@ -190,7 +172,7 @@ class EvaluationController(Controller):
         tenant = await resolve_scope(request, org, ws)
         if status is not None and status not in ITEM_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(ITEM_STATUSES)}")
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         items = await container_of(request).queries.items(view.id, status=status)
         return ItemList(items=[item_response(i) for i in items], total=len(items))
 
@@ -203,8 +185,8 @@ class EvaluationController(Controller):
     ) -> ItemResponse:
         """One item by id or unique id prefix."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
-        return item_response(await _item(request, view, item_id))
+        view = await evaluation_in(request, tenant, evaluation_id)
+        return item_response(await item_in(request, view, item_id))
 
     @get(
         "/evaluation/{evaluation_id:str}/items/{item_id:str}/transcript",
@@ -223,8 +205,8 @@ class EvaluationController(Controller):
         """What the agent said and did in the item's latest attempt (secrets redacted);
         404 when the item never started an agent."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
-        item = await _item(request, view, item_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
+        item = await item_in(request, view, item_id)
         if item.session_id is None:
             raise not_found(f"transcript of item {item_id!r} (its agent never started)")
         messages = await container_of(request).queue.transcript(
@@ -268,27 +250,10 @@ class EvaluationController(Controller):
     ) -> EvaluationHistory:
         """The evaluation's history in commit order, for auditors: who did what, when."""
         tenant = await resolve_scope(request, org, ws)
-        view = await _evaluation(request, tenant, evaluation_id)
+        view = await evaluation_in(request, tenant, evaluation_id)
         records = await container_of(request).queries.evaluation_history(
             view.id, after_position=after, limit=limit
         )
-        events = []
-        for record in records:
-            metadata = codec.decode_metadata(record)
-            events.append(
-                HistoryEvent(
-                    position=record.position,
-                    event_id=record.event_id,
-                    stream_type=record.stream_type,
-                    stream_id=record.stream_id,
-                    stream_version=record.stream_version,
-                    type=record.event_type,
-                    schema_version=record.schema_version,
-                    data=msgspec.json.decode(record.data),
-                    actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
-                    request_id=metadata.request_id,
-                    recorded_at=record.recorded_at,
-                )
-            )
+        events = [history_event(record) for record in records]
         next_after = records[-1].position if len(records) == limit else None
         return EvaluationHistory(evaluation_id=view.id, events=events, next_after=next_after)

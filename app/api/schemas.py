@@ -14,6 +14,8 @@ from domain.evaluation import TERMINAL_STATUSES, CleanupPolicy, EvaluationStatus
 from domain.item import ItemStatus
 from domain.projections import EvaluationView, ItemView
 from domain.task_sets import SkippedMember
+from infrastructure import codec
+from infrastructure.eventstore import RecordedEvent
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
@@ -314,4 +316,30 @@ def item_response(view: ItemView) -> ItemResponse:
         verified_at=view.verified_at,
         completed_at=view.completed_at,
         created_at=view.created_at,
+    )
+
+
+class FeedPage(msgspec.Struct, frozen=True):
+    """The org feed: its events after a position, ascending; `next_after` continues a full
+    page (null when this page was the last)."""
+
+    events: list[HistoryEvent]
+    next_after: int | None
+
+
+def history_event(record: RecordedEvent) -> HistoryEvent:
+    """An event as every audit surface shows it: history, feed and streams."""
+    metadata = codec.decode_metadata(record)
+    return HistoryEvent(
+        position=record.position,
+        event_id=record.event_id,
+        stream_type=record.stream_type,
+        stream_id=record.stream_id,
+        stream_version=record.stream_version,
+        type=record.event_type,
+        schema_version=record.schema_version,
+        data=msgspec.json.decode(record.data),
+        actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
+        request_id=metadata.request_id,
+        recorded_at=record.recorded_at,
     )

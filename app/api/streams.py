@@ -27,11 +27,13 @@ from app.api.schemas import evaluation_response, history_event
 from app.container import Container
 from app.errors import ApiError, FieldError
 from domain.evaluation import TERMINAL_STATUSES
+from domain.projections import EvaluationView
 from infrastructure.eventstore import RecordedEvent
 from infrastructure.live.hub import Subscription, evaluation_key, org_key
 from infrastructure.live.routing import Routed, org_events
 
 PAGE = 500
+BATCH = 256
 KEEP_ALIVE = b": keep-alive\n\n"
 DROPPED = b": dropped: this stream fell too far behind; reconnect with Last-Event-ID\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -72,9 +74,27 @@ def _routed_message(routed: Routed) -> bytes:
     return routed.wire
 
 
-async def _live(subscription: Subscription, heartbeat: float) -> AsyncIterator[Routed | None]:
-    """Events from the subscription's queue, and None whenever a keep-alive is due. Ends when
-    the subscription was dropped for falling behind."""
+# The last rendering of each evaluation view: the tailer hands the same view object to every
+# stream of that evaluation, so it is encoded once, not once per stream.
+_rendered: dict[str, tuple[EvaluationView, int, bytes]] = {}
+RENDERED_LIMIT = 10_000
+
+
+def _evaluation_json(view: EvaluationView, capacity: int) -> bytes:
+    entry = _rendered.get(view.id)
+    if entry is not None and entry[0] is view and entry[1] == capacity:
+        return entry[2]
+    if len(_rendered) >= RENDERED_LIMIT:
+        _rendered.clear()
+    wire = _encoder.encode(evaluation_response(view, capacity))
+    _rendered[view.id] = (view, capacity, wire)
+    return wire
+
+
+async def _live(subscription: Subscription, heartbeat: float) -> AsyncIterator[list[Routed] | None]:
+    """Events from the subscription's queue, as many at a time as are waiting (one write for
+    them all), and None whenever a keep-alive is due. Ends when the subscription was dropped
+    for falling behind."""
     next_beat = time.monotonic() + heartbeat
     getter: asyncio.Future[Routed] | None = None
     try:
@@ -89,11 +109,13 @@ async def _live(subscription: Subscription, heartbeat: float) -> AsyncIterator[R
                 yield None
             if not done:
                 continue
-            routed = getter.result()
+            batch = [getter.result()]
             getter = None
+            while len(batch) < BATCH and not subscription.queue.empty():
+                batch.append(subscription.queue.get_nowait())
             if subscription.dropped:
                 return
-            yield routed
+            yield batch
     finally:
         if getter is not None:
             getter.cancel()
@@ -107,8 +129,7 @@ async def _evaluation_messages(
     async def evaluation_message(position: int) -> bytes:
         view = await queries.evaluation(evaluation_id)
         assert view is not None  # evaluations are never removed
-        response = evaluation_response(view, await container.capacity())
-        return _message(position, "evaluation", _encoder.encode(response))
+        return _message(position, "evaluation", _evaluation_json(view, await container.capacity()))
 
     async def catch_up(cursor: int) -> tuple[int, list[bytes], bool]:
         """Messages for what the database holds after `cursor`, and whether the evaluation
@@ -133,22 +154,27 @@ async def _evaluation_messages(
             yield message
         if finished:
             return
-        async for routed in _live(subscription, heartbeat):
-            if routed is None:
+        async for batch in _live(subscription, heartbeat):
+            if batch is None:
                 yield KEEP_ALIVE
                 continue
-            if routed.record.position <= cursor:
-                continue  # already sent from the database
-            yield _routed_message(routed)
-            cursor = routed.record.position
-            view = await queries.evaluation(evaluation_id)
-            assert view is not None
-            yield _message(
-                cursor,
-                "evaluation",
-                _encoder.encode(evaluation_response(view, await container.capacity())),
-            )
-            if view.status in TERMINAL_STATUSES:
+            out: list[bytes] = []
+            view: EvaluationView | None = None
+            for routed in batch:
+                if routed.record.position <= cursor:
+                    continue  # already sent from the database
+                view = routed.evaluation or await queries.evaluation(evaluation_id)
+                assert view is not None  # evaluations are never removed
+                cursor = routed.record.position
+                out.append(_routed_message(routed))
+                out.append(
+                    _message(
+                        cursor, "evaluation", _evaluation_json(view, await container.capacity())
+                    )
+                )
+            if out:
+                yield b"".join(out)
+            if view is not None and view.status in TERMINAL_STATUSES:
                 cursor, messages, finished = await catch_up(cursor)
                 for message in messages:
                     yield message
@@ -173,12 +199,14 @@ async def _feed_messages(
             for record in page:
                 yield _event_message(record)
             cursor = page[-1].position
-        async for routed in _live(subscription, heartbeat):
-            if routed is None:
+        async for batch in _live(subscription, heartbeat):
+            if batch is None:
                 yield KEEP_ALIVE
-            elif routed.record.position > cursor:
-                yield _routed_message(routed)
-                cursor = routed.record.position
+                continue
+            fresh = [r for r in batch if r.record.position > cursor]
+            if fresh:
+                yield b"".join(_routed_message(r) for r in fresh)
+                cursor = fresh[-1].record.position
         if subscription.dropped:
             yield DROPPED
     finally:

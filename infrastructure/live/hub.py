@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 import structlog
 
 from infrastructure.eventstore import RecordedEvent
-from infrastructure.live.routing import EventRouter, Routed
+from infrastructure.live.routing import EventRouter, Routed, current_evaluations
 
 log = structlog.get_logger("assay.live")
 
@@ -140,10 +140,26 @@ class LiveHub:
             routed = await self._router.route(page)
             if self._before_delivery is not None:
                 await self._before_delivery(routed)
+            await self._attach_evaluations(routed)
             self._deliver(routed)
             self._position = page[-1].position
             if len(page) < PAGE:
                 return
+
+    async def _attach_evaluations(self, routed: Sequence[Routed]) -> None:
+        """Read each watched evaluation of the batch once, for all of its streams (rather
+        than once per stream: a thousand streams would be a thousand reads per event)."""
+        watched = {
+            r.evaluation_id
+            for r in routed
+            if r.evaluation_id is not None and evaluation_key(r.evaluation_id) in self._subscribers
+        }
+        if not watched:
+            return
+        views = await current_evaluations(self._router.engine, sorted(watched))
+        for r in routed:
+            if r.evaluation_id in views:
+                r.evaluation = views[r.evaluation_id]
 
     def _deliver(self, routed: Sequence[Routed]) -> None:
         subscribers = self._subscribers

@@ -15,10 +15,12 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from domain.projections import EvaluationView
 from domain.registry import TASK_STREAM
 from domain.task_sets import TASK_SET_STREAM
 from infrastructure.db.store_tables import evaluations, events, items
 from infrastructure.eventstore import RecordedEvent
+from infrastructure.readmodels import decode_evaluation
 
 ORG_STREAMS = (TASK_STREAM, TASK_SET_STREAM)
 # Evaluation id -> org id entries a router keeps before starting over (ids never change org).
@@ -37,13 +39,16 @@ class Routed:
     """A recorded event with its org and evaluation; what one append means to every subscriber.
     `wire` memoises its rendering, so a thousand subscribers encode it once."""
 
-    __slots__ = ("evaluation_id", "org_id", "record", "wire")
+    __slots__ = ("evaluation", "evaluation_id", "org_id", "record", "wire")
 
     def __init__(self, record: RecordedEvent, org_id: str | None, evaluation_id: str | None):
         self.record = record
         self.org_id = org_id
         self.evaluation_id = evaluation_id
         self.wire: bytes | None = None
+        # The evaluation as it was when the tailer read this event's batch (read once for
+        # every subscriber), for evaluation streams; None for other events.
+        self.evaluation: EvaluationView | None = None
 
 
 class EventRouter:
@@ -132,3 +137,15 @@ async def org_events(
     async with engine.connect() as conn:
         rows = await conn.execute(query, {"org_id": org_id, "after": after, "limit": limit})
         return [RecordedEvent(**row._mapping) for row in rows.all()]
+
+
+async def current_evaluations(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, EvaluationView]:
+    """The evaluations' read models as they are now, in one query."""
+    if not ids:
+        return {}
+    async with engine.connect() as conn:
+        docs = await conn.execute(
+            sa.select(evaluations.c.doc).where(evaluations.c.id.in_(sorted(ids)))
+        )
+        found = [decode_evaluation(doc) for (doc,) in docs.all()]
+    return {view.id: view for view in found}

@@ -35,7 +35,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench_api import Server, assay_cli  # scripts/ is on sys.path when run as a script
+from bench_api import (
+    Server,
+    assay_cli,
+    process_cpu_seconds,
+)  # scripts/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             if not ready.wait(300):
                 raise RuntimeError("the streams did not all open within 300 s")
             rss: list[int] = [rss_kib(server.process.pid)]
+            cpu_before, wall_before = server.cpu(), time.monotonic()
+            client_cpu_before = process_cpu_seconds(client.pid or 0)
             print(f"{args.streams} streams open; appending {args.rate:g} events/s "
                   f"for {args.duration:g} s ({args.backend})", flush=True)  # fmt: skip
 
@@ -305,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                 return await appender
 
             appended = asyncio.run(run())
+            wall = time.monotonic() - wall_before
+            server_cpu = (server.cpu() - cpu_before) / wall
+            client_cpu = (process_cpu_seconds(client.pid or 0) - client_cpu_before) / wall
             stop.set()
             result = receive.recv()
             client.join(30)
@@ -332,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server RSS MiB         first {rss[0] / 1024:.1f}  last {rss[-1] / 1024:.1f}  "
           f"max {max(rss) / 1024:.1f}  last/first {rss[-1] / rss[0]:.2f}  "
           f"({len(rss)} samples every {args.sample:g} s)")  # fmt: skip
+    print(f"CPU per wall second    server {server_cpu:.2f}  client {client_cpu:.2f}  "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")  # fmt: skip
     return 0
 
 

@@ -10,7 +10,6 @@ infrastructure.live.hub for why nothing is lost or repeated).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
@@ -96,29 +95,16 @@ async def _live(subscription: Subscription, heartbeat: float) -> AsyncIterator[l
     them all), and None whenever a keep-alive is due. Ends when the subscription was dropped
     for falling behind."""
     next_beat = time.monotonic() + heartbeat
-    getter: asyncio.Future[Routed] | None = None
-    try:
-        while True:
-            if getter is None:
-                getter = asyncio.ensure_future(subscription.queue.get())
-            # asyncio.wait leaves the getter running across keep-alives: no event is lost to
-            # a timeout that cancels a get which had just succeeded.
-            done, _ = await asyncio.wait({getter}, timeout=max(0.0, next_beat - time.monotonic()))
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + heartbeat
-                yield None
-            if not done:
-                continue
-            batch = [getter.result()]
-            getter = None
-            while len(batch) < BATCH and not subscription.queue.empty():
-                batch.append(subscription.queue.get_nowait())
-            if subscription.dropped:
-                return
-            yield batch
-    finally:
-        if getter is not None:
-            getter.cancel()
+    while True:
+        ready = await subscription.wait(max(0.0, next_beat - time.monotonic()))
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + heartbeat
+            yield None
+        if not ready:
+            continue
+        if subscription.dropped:
+            return
+        yield subscription.take(BATCH)
 
 
 async def _evaluation_messages(

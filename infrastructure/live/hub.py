@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 import structlog
@@ -41,26 +42,48 @@ def org_key(org_id: str) -> tuple[str, str]:
 
 
 class Subscription:
-    """A bounded queue of routed events for one stream."""
+    """A bounded queue of routed events for one stream. A plain deque and one future to wait
+    on: no task per wait, which matters with a thousand streams each woken per event."""
 
-    __slots__ = ("dropped", "key", "queue")
+    __slots__ = ("_events", "_waiter", "dropped", "key", "limit")
 
     def __init__(self, key: Hashable, limit: int) -> None:
         self.key = key
-        self.queue: asyncio.Queue[Routed] = asyncio.Queue(limit)
+        self.limit = limit
         self.dropped = False
+        self._events: deque[Routed] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, routed: Routed) -> None:
         if self.dropped:
             return
-        try:
-            self.queue.put_nowait(routed)
-        except asyncio.QueueFull:
+        if len(self._events) >= self.limit:
+            # Too far behind: free the backlog now; the reader sees `dropped` and ends.
             self.dropped = True
-            # Free the backlog now and wake the reader, who sees `dropped` and ends.
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(routed)
+            self._events.clear()
+        else:
+            self._events.append(routed)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Until an event is queued or the subscription is dropped (True), or `timeout`."""
+        if self._events or self.dropped:
+            return True
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+
+    def take(self, most: int) -> list[Routed]:
+        """Up to `most` queued events, oldest first."""
+        events = self._events
+        return [events.popleft() for _ in range(min(most, len(events)))]
 
 
 class LiveHub:

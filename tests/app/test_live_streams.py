@@ -6,6 +6,8 @@ worker would) while the client reads, disconnects every few messages and resumes
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app.dn_client import LiveServer
+from tests.app.dn_client import LiveServer, assay_command
 from tests.app.live_helpers import Message, SimulatedWorker, live_server, messages
 
 # A guard against a hang, never an assertion on speed: the streams end in a few seconds.
@@ -189,3 +191,49 @@ def test_a_consumer_too_far_behind_is_dropped_and_resumes_without_loss(
             server, big["id"]
         )
         assert ids == positions
+
+
+def test_events_of_a_real_worker_process_reach_the_stream(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`assay worker` in its own process runs the items; the server (no worker of its own)
+    streams every event the worker recorded, then ends the stream at the terminal status."""
+    key_file = str(tmp_path / "key")
+    with live_server(database_url, tmp_path / "server", ASSAY_SECRET_KEY_FILE=key_file) as server:
+        evaluation = create(server, tasks=2)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")},
+            "ASSAY_DATABASE_URL": server.database_url,
+            "ASSAY_SECRET_KEY_FILE": key_file,
+            "ASSAY_SANDBOX_ROOT": str(tmp_path / "sandboxes"),
+            "ASSAY_SANDBOX_ISOLATION": "weak",
+            "ASSAY_POLL_SECONDS": "0.1",
+            "ASSAY_BUNDLE_CACHE": str(tmp_path / "bundles"),
+            "ASSAY_LOG_LEVEL": "WARNING",
+        }
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [*assay_command(), "worker", "--slots", "2"],
+                env=env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            base = f"{server.url}/api/v1/org/{server.org}/ws/{server.workspace}"
+            url = f"{base}/evaluation/{evaluation['id']}/stream"
+            read, _ = read_with_resumes(server, url, every=1_000_000)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        events = [m for m in read if m.event != "evaluation"]
+        assert [int(m.id or 0) for m in events] == history_positions(server, evaluation["id"])
+        # Whatever the sandbox of this host made of the items, the worker process recorded
+        # their claims and ends, and the stream ended with the evaluation terminal.
+        claims = [m.json() for m in events if m.event == "item.claimed"]
+        assert len(claims) >= 2, log.read_text()[-3000:]
+        assert all(c["data"]["worker_id"] for c in claims)
+        final = [m for m in read if m.event == "evaluation"][-1].json()
+        assert final["status"] in TERMINAL, log.read_text()[-3000:]
+        assert final["item_counts"]["queued"] == 0

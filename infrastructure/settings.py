@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # subscriber this many events behind is dropped (it resumes with Last-Event-ID); the
     # tailer reads other processes' appends every live_poll_seconds.
     sse_heartbeat_seconds: float = 15.0
-    sse_queue_limit: int = 1000
+    sse_queue_limit: int = 5000
     live_poll_seconds: float = 0.05
 
     @classmethod

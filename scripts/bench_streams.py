@@ -141,30 +141,36 @@ async def append_events(
     store = EventStore(engine, in_transaction=Projector())
     versions = {item_id: 2 for _, item_id in targets}  # queued, claimed
     appended: list[tuple[int, float, str]] = []
+
+    async def one(evaluation_id: str, item_id: str, version: int) -> None:
+        event = it.ItemLeaseRenewed(
+            item_id=item_id,
+            evaluation_id=evaluation_id,
+            worker_id="bench",
+            lease_expires_at="2099-01-01T00:00:00.000000+00:00",
+        )
+        begun = time.time()
+        recorded = await store.append(
+            codec.to_appends([event], {("item", item_id): version}, codec.EventMetadata()),
+            recorded_at=utc_now(),
+        )
+        appended.append((recorded[0].position, begun, evaluation_id))
+
+    # Each append is its own task started on schedule, so a slow commit does not lower the
+    # rate (the store commits appends that wait together in one transaction, in order).
+    pending: list[asyncio.Task[None]] = []
     started = time.monotonic()
     count = 0
     try:
         while time.monotonic() - started < duration:
             evaluation_id, item_id = targets[count % len(targets)]
-            event = it.ItemLeaseRenewed(
-                item_id=item_id,
-                evaluation_id=evaluation_id,
-                worker_id="bench",
-                lease_expires_at="2099-01-01T00:00:00.000000+00:00",
-            )
-            begun = time.time()
-            recorded = await store.append(
-                codec.to_appends(
-                    [event], {("item", item_id): versions[item_id]}, codec.EventMetadata()
-                ),
-                recorded_at=utc_now(),
-            )
+            pending.append(asyncio.create_task(one(evaluation_id, item_id, versions[item_id])))
             versions[item_id] += 1
-            appended.append((recorded[0].position, begun, evaluation_id))
             count += 1
             delay = started + count / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+        await asyncio.gather(*pending)
     finally:
         await store.close()
         await engine.dispose()

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import msgspec
 from litestar import Request
 
 from app.errors import ApiError, not_found
+from infrastructure.expiring import ExpiringMap
 from infrastructure.identity.crypto import hash_api_key
 from infrastructure.identity.records import Org, Principal, Workspace
 from infrastructure.identity.store import IdentityStore
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class Scope(msgspec.Struct, frozen=True):
@@ -61,33 +58,12 @@ def _basic_password(token: str) -> str | None:
     return password if user == REGISTRY_USER and password else None
 
 
-class _Expiring(Generic[K, V]):
-    """A small map whose entries lapse after `seconds` (and which never grows past a bound)."""
-
-    def __init__(self, seconds: float, limit: int = 10_000) -> None:
-        self.seconds = seconds
-        self.limit = limit
-        self._entries: dict[K, tuple[float, V]] = {}
-
-    def get(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
-
-    def put(self, key: K, value: V) -> None:
-        if len(self._entries) >= self.limit:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic() + self.seconds, value)
-
-    def drop(self, key: K) -> None:
-        self._entries.pop(key, None)
-
-
 class Authenticator:
     def __init__(self, identity: IdentityStore, cache_seconds: float) -> None:
         self.identity = identity
-        self._principals: _Expiring[str, Principal] = _Expiring(cache_seconds)
-        self._orgs: _Expiring[str, Org] = _Expiring(cache_seconds)
-        self._workspaces: _Expiring[tuple[str, str], Workspace] = _Expiring(cache_seconds)
+        self._principals: ExpiringMap[str, Principal] = ExpiringMap(cache_seconds)
+        self._orgs: ExpiringMap[str, Org] = ExpiringMap(cache_seconds)
+        self._workspaces: ExpiringMap[tuple[str, str], Workspace] = ExpiringMap(cache_seconds)
 
     async def principal(self, request: Request[Any, Any, Any]) -> Principal:
         raw = raw_key_of(request)

@@ -1,35 +1,35 @@
-"""Everything a running server holds: built once in `create_app`, closed at shutdown."""
+"""Everything a process holds: built once by the composition root (`app.composition`), closed
+when the process stops."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator
 from app.services.evaluations import EvaluationService
+from app.services.items import ItemService
 from app.services.registry import RegistryService
 from app.services.sandboxes import SandboxService
 from app.services.task_sets import TaskSetService
+from app.services.work_signal import WorkSignal
 from app.worker.pool import WorkerPool
-from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore, RecordedEvent
-from infrastructure.identity.crypto import load_cipher
+from app.worker.runner import ItemRunner
+from infrastructure.clock import Clock
+from infrastructure.eventstore import EventStore
+from infrastructure.expiring import ExpiringMap
 from infrastructure.identity.store import IdentityStore
 from infrastructure.live.hub import LiveHub
-from infrastructure.live.routing import EventRouter, Routed
 from infrastructure.queries import ReadModelQueries
-from infrastructure.readmodels import Projector
-from infrastructure.registry.blobs import BlobStore
-from infrastructure.registry.bundles import BundleCache, BundleSource
-from infrastructure.registry.log import RegistryLog
+from infrastructure.registry.bundles import BundleSource
+from infrastructure.repository import Repository
+from infrastructure.sandbox.registry import ProviderRegistry
 from infrastructure.settings import Settings
-from infrastructure.tasks import TaskCatalog, load_catalog
-from infrastructure.view_cache import LogTail, ViewCache
+from infrastructure.tasks import TaskCatalog
+from infrastructure.view_cache import LogTail
 from infrastructure.work_queue import WorkQueue
 
 log = structlog.get_logger("assay.server")
@@ -41,109 +41,57 @@ CAPACITY_CACHE_SECONDS = 2.0
 @dataclass
 class Container:
     settings: Settings
+    clock: Clock
     engine: AsyncEngine
     store: EventStore
+    repository: Repository
     queries: ReadModelQueries
     identity: IdentityStore
     authenticator: Authenticator
     catalog: TaskCatalog
     evaluations: EvaluationService
+    items: ItemService
     sandboxes: SandboxService
     queue: WorkQueue
     registry: RegistryService
     bundles: BundleSource
     task_sets: TaskSetService
+    work: WorkSignal
+    providers: ProviderRegistry
     live: LiveHub
-    _capacity: tuple[float, int] = (0.0, 0)
-
-    @classmethod
-    def build(cls, settings: Settings) -> Container:
-        engine = create_engine(settings.database_url)
-        cache = ViewCache(settings.view_cache_seconds)
-        live: LiveHub | None = None
-
-        def committed(recorded: list[RecordedEvent]) -> None:
-            cache.forget_recorded(recorded)
-            if live is not None:
-                live.wake()
-
-        store = EventStore(engine, in_transaction=Projector(), after_commit=committed)
-
-        async def forget_changed(routed: list[Routed]) -> None:
-            # Another process's appends: the streams' evaluation objects must not be stale.
-            cache.forget_recorded([r.record for r in routed])
-
-        live = LiveHub(
-            lambda after, limit: store.read_all(after_position=after, limit=limit),
-            store.last_position,
-            EventRouter(engine),
-            poll_seconds=settings.live_poll_seconds,
-            queue_limit=settings.sse_queue_limit,
-            before_delivery=forget_changed,
-        )
-        queries = ReadModelQueries(engine, cache)
-        identity = IdentityStore(engine, load_cipher(settings))
-        catalog = load_catalog(settings.task_paths)
-        for problem in catalog.problems:
-            # One line per bundle left out, so an operator sees a typo at start, not at create.
-            log.warning(
-                "task_bundle_problem", task=problem.name, path=problem.path, error=problem.error
-            )
-        queue = WorkQueue(engine)
-        blobs = BlobStore(engine)
-        bundles = BundleSource(blobs, BundleCache(Path(settings.bundle_cache)))
-        registry = RegistryService(
-            log=RegistryLog(engine, store),
-            blobs=blobs,
-            bundles=bundles,
-            identity=identity,
-            catalog=catalog,
-        )
-        task_sets = TaskSetService(registry)
-        return cls(
-            settings=settings,
-            engine=engine,
-            store=store,
-            queries=queries,
-            identity=identity,
-            authenticator=Authenticator(identity, settings.auth_cache_seconds),
-            catalog=catalog,
-            evaluations=EvaluationService(
-                store=store,
-                queries=queries,
-                identity=identity,
-                catalog=catalog,
-                settings=settings,
-                tasks=registry,
-                task_sets=task_sets,
-            ),
-            sandboxes=SandboxService(store=store, queries=queries, settings=settings),
-            queue=queue,
-            registry=registry,
-            bundles=bundles,
-            task_sets=task_sets,
-            live=live,
-        )
+    _capacity: ExpiringMap[str, int] = field(
+        default_factory=lambda: ExpiringMap(CAPACITY_CACHE_SECONDS, max_entries=1)
+    )
 
     async def capacity(self) -> int:
         """Item slots of the live workers: what any evaluation can be granted at most."""
-        expires, slots = self._capacity
-        if expires > time.monotonic():
+        slots = self._capacity.get("live_slots")
+        if slots is not None:
             return slots
         live = await self.queue.live_workers()
         slots = sum(w.slots for w in live)
-        self._capacity = (time.monotonic() + CAPACITY_CACHE_SECONDS, slots)
+        self._capacity.put("live_slots", slots)
         return slots
 
     def worker_pool(self, slots: int) -> WorkerPool:
+        """A pool of `slots` item slots on this container's parts (not started)."""
+        runner = ItemRunner(
+            catalog=self.catalog,
+            bundles=self.bundles,
+            items=self.items,
+            transcripts=self.queue,
+            default_max_steps=self.settings.default_max_steps,
+        )
         return WorkerPool(
             settings=self.settings,
-            store=self.store,
+            items=self.items,
+            runner=runner,
+            providers=self.providers,
             queue=self.queue,
             identity=self.identity,
-            catalog=self.catalog,
+            work=self.work,
+            clock=self.clock,
             slots=slots,
-            bundles=self.bundles,
         )
 
     async def follow_log(self) -> None:

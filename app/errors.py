@@ -19,6 +19,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from app.api.registry_paths import is_registry_path
+from app.services import errors as service
+from app.services.errors import FieldProblem
 from app.services.registry_errors import (
     BadDigest,
     ManifestInvalid,
@@ -53,10 +55,8 @@ TYPES_BY_STATUS = {
 }
 
 
-class FieldError(msgspec.Struct, frozen=True):
-    loc: list[str | int]
-    msg: str
-    type: str
+# One problem with one field, as the envelope's `errors` lists it (the services' own type).
+FieldError = FieldProblem
 
 
 class ErrorEnvelope(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -173,7 +173,8 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
             message = message[: match.start()]
             loc += [int(p) if p.isdigit() else p for p in re.findall(r"\w+", match["path"])]
         elif key and key != "data":
-            loc.append(str(key))
+            # Litestar joins a nested path into one key (`secret_ids[1]`, `a.b`): split it.
+            loc += [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", str(key))]
         missing = _MISSING_FIELD.search(message)
         if missing:
             loc.append(missing["field"])
@@ -221,6 +222,16 @@ def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
             return ApiError(409, str(exc), type="ambiguous_id")
         case IdPrefixTooShort():
             return ApiError(400, str(exc), type="id_prefix_too_short")
+        case service.NotFound():
+            return ApiError(404, str(exc))
+        case service.Forbidden():
+            return ApiError(403, str(exc))
+        case service.InvalidInput():
+            return ApiError(422, str(exc), errors=exc.problems)
+        case service.StateConflict():
+            return ApiError(409, str(exc))
+        case service.ActionFailed():
+            return ApiError(500, str(exc), type="action_failed")
         case InvalidCommand() | InvalidValue():
             return ApiError(422, str(exc))
         case AlreadyExists():

@@ -1,4 +1,5 @@
-"""create_app(): the one composition root (settings, engine, routes, errors, middleware)."""
+"""create_app(): the HTTP application (routes, errors, middleware, lifespan) around a container
+built by the composition root, `app.composition`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from app.api.task_problems import TaskProblemController
 from app.api.task_sets import TaskSetController
 from app.api.tasks import TaskController
 from app.auth import raw_key_of
+from app.body_limits import depth_limited_request
+from app.composition import build_container
 from app.container import Container
 from app.errors import handle_exception
 from app.logging import configure_logging
@@ -67,14 +70,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        built = container or Container.build(settings)
+        built = container or build_container(settings)
         app.state.container = built
         # The embedded set-up runs its worker in the server process (ASSAY_WORKERS=0: none).
         pool = built.worker_pool(settings.workers) if settings.workers > 0 else None
         if pool is not None:
             try:
                 await pool.start()
-                built.evaluations.notify_work = pool.wake
             except SandboxUnavailable:
                 pool = None  # logged with its fix; the API serves, items wait for a worker
         tail = asyncio.create_task(built.follow_log(), name="log-tail")
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         middleware=[request_middleware(settings.min_client_version), *middleware],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
+        request_class=depth_limited_request(settings.max_json_depth),
         openapi_config=OpenAPIConfig(
             title="Assay evaluation API",
             version="1.0.0",

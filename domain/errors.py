@@ -13,3 +13,7 @@ class IllegalTransition(DomainError):
 
 class InvalidCommand(DomainError):
     """The command is malformed regardless of state (HTTP 422)."""
+
+
+class CapacityExceeded(IllegalTransition):
+    """A claim would put more of an evaluation's items in flight than its concurrency."""

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import msgspec
 
 from domain import item as items
-from domain.errors import IllegalTransition, InvalidCommand
+from domain.errors import CapacityExceeded, IllegalTransition, InvalidCommand
 
 EvaluationStatus = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
 EVALUATION_STATUSES: tuple[EvaluationStatus, ...] = get_args(EvaluationStatus)
@@ -184,6 +184,16 @@ def item_counts(
 def in_flight(counts: Mapping[str, int]) -> int:
     """Items between claiming and verifying: what `concurrency` bounds."""
     return sum(counts[s] for s in items.IN_FLIGHT)
+
+
+def check_concurrency(evaluation_id: str, in_flight_after: int, concurrency: int) -> None:
+    """The concurrency bound: a claim may not put more of an evaluation's items in flight than
+    its `concurrency`. Checked in the claim's own append transaction, where every worker's
+    claims are serialised, so workers on several machines never jointly exceed it."""
+    if in_flight_after > concurrency:
+        raise CapacityExceeded(
+            f"evaluation {evaluation_id} has {concurrency} item(s) in flight, its concurrency"
+        )
 
 
 def status_of(

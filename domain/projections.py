@@ -58,8 +58,6 @@ class ItemView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str
     updated_at: str
     last_position: int
-    # The item stream's version (its event count): what a worker appends at next.
-    version: int = 1
     # An automatic retry waits until this time (backoff after an infra failure).
     retry_not_before: str | None = None
 
@@ -189,7 +187,6 @@ def _project_item(views: Views, event: it.AnyItemEvent, env: Envelope) -> None:
         "status": new_status,
         "updated_at": now,
         "last_position": env.position,
-        "version": old.version + 1,
     }
     match event:
         case it.ItemClaimed(worker_id=worker_id, lease_expires_at=lease):

@@ -1,13 +1,22 @@
-"""The one wall clock of the service: fixed-width ISO-8601 UTC text, as every table stores it."""
+"""The one wall clock of the service. Everything that needs the time takes a `Clock` (tests
+pass a fake one); `system_clock` is the real one, `utc_now` its text as tables store it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+from domain.timestamps import iso
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    return iso(system_clock())
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+__all__ = ["Clock", "iso", "system_clock", "utc_now"]

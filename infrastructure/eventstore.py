@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -78,8 +78,21 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: str
 
 
-# Runs inside the append transaction with the events just inserted (inline projections).
+# Runs inside the append transaction with the events just inserted (inline projections, the
+# lease book); raising rolls the append back.
 InTransaction = Callable[[Connection, list[RecordedEvent]], None]
+
+
+def in_order(*steps: InTransaction) -> InTransaction:
+    """One in-transaction body that runs `steps` in order."""
+
+    def run(conn: Connection, recorded: list[RecordedEvent]) -> None:
+        for step in steps:
+            step(conn, recorded)
+
+    return run
+
+
 # Runs after a batch committed, with its events (caches); it must not raise.
 AfterCommit = Callable[[list[RecordedEvent]], None]
 # A unit's own rows outside the log (an agent's transcript): written in the unit's transaction,
@@ -132,6 +145,10 @@ _READ_ALL = (
 )
 _BY_EVENT_IDS = _SELECT.where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 _LAST_POSITION = sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))
+_STREAM_VERSION = sa.select(sa.func.coalesce(sa.func.max(events.c.stream_version), 0)).where(
+    events.c.stream_type == sa.bindparam("stream_type"),
+    events.c.stream_id == sa.bindparam("stream_id"),
+)
 _PG_LOCK = sa.text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
 
 
@@ -151,11 +168,14 @@ def _row(row: Any) -> RecordedEvent:
 
 
 class EventStore:
+    """`in_transaction` is required: a store that appended without keeping the read models
+    (and the lease book) in step would answer stale reads forever, silently."""
+
     def __init__(
         self,
         engine: AsyncEngine,
         *,
-        in_transaction: InTransaction | None = None,
+        in_transaction: InTransaction,
         after_commit: AfterCommit | None = None,
     ) -> None:
         self.engine = engine
@@ -241,7 +261,7 @@ class EventStore:
         recorded = self.insert(
             conn, [(append, unit.recorded_at) for unit in batch for append in unit.appends]
         )
-        if self._in_transaction is not None and recorded:
+        if recorded:
             self._in_transaction(conn, recorded)
         for unit in batch:
             for write in unit.side_writes:
@@ -375,6 +395,37 @@ class EventStore:
             result = await conn.execute(_BY_EVENT_IDS, {"ids": list(event_ids)})
             return [_row(r) for r in result.all()]
 
+    async def stream_version(self, stream_type: str, stream_id: str) -> int:
+        """How many events the stream holds (0: none)."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                _STREAM_VERSION, {"stream_type": stream_type, "stream_id": stream_id}
+            )
+            return int(result.scalar_one())
+
     async def last_position(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(_LAST_POSITION)).scalar_one())
+
+
+class EventLog(Protocol):
+    """What commands need of a log: streams to load, and an atomic append. `EventStore` is
+    the database one; tests of a worker's runner use an in-memory one."""
+
+    async def append(
+        self,
+        appends: Sequence[StreamAppend],
+        *,
+        recorded_at: str,
+        side_writes: Sequence[SideWrite] = (),
+    ) -> list[RecordedEvent]: ...
+
+    async def read_stream(
+        self, stream_type: str, stream_id: str, *, after_version: int = 0
+    ) -> list[RecordedEvent]: ...
+
+    async def read_streams(
+        self, stream_type: str, stream_ids: Sequence[str]
+    ) -> dict[str, list[RecordedEvent]]: ...
+
+    async def stream_version(self, stream_type: str, stream_id: str) -> int: ...

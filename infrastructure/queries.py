@@ -11,11 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.projections import EvaluationView, ItemView
 from infrastructure.db.store_tables import evaluations, events, items
 from infrastructure.eventstore import RecordedEvent
+from infrastructure.ids import HEX, MIN_PREFIX, normalise_prefix
 from infrastructure.readmodels import decode_evaluation, decode_item
 from infrastructure.view_cache import ViewCache
-
-MIN_PREFIX = 8
-HEX = set("0123456789abcdef-")
 
 
 class AmbiguousId(Exception):
@@ -36,14 +34,6 @@ class IdPrefixTooShort(Exception):
 class Page(msgspec.Struct, frozen=True):
     items: list[EvaluationView]
     total: int
-
-
-def normalise_prefix(raw: str) -> str | None:
-    """A lower-case id or id prefix, or None when it cannot be one (too short, not hex)."""
-    value = raw.strip().lower()
-    if len(value) < MIN_PREFIX or not set(value) <= HEX or len(value) > 36:
-        return None
-    return value
 
 
 def _prefix_range(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]:

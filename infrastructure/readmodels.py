@@ -19,7 +19,7 @@ from domain import item as it
 from domain.projections import EvaluationView, ItemView, Views, project
 from infrastructure import codec
 from infrastructure.db.store_tables import evaluations, items
-from infrastructure.eventstore import ConcurrencyConflict, RecordedEvent
+from infrastructure.eventstore import RecordedEvent
 
 _encoder = msgspec.json.Encoder()
 _evaluation_decoder = msgspec.json.Decoder(EvaluationView)
@@ -92,10 +92,6 @@ def _prefixed(row: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {f"b_{k}": row[k] for k in keys}
 
 
-class CapacityExceeded(ConcurrencyConflict):
-    """A claim would put more of an evaluation's items in flight than its concurrency."""
-
-
 def fold(recorded: Sequence[RecordedEvent], views: Views | None = None) -> Views:
     """Advance `views` (or empty ones) by the recorded events, in order."""
     views = views if views is not None else Views()
@@ -138,16 +134,9 @@ class Projector:
                 views.items[item_view.id] = item_view
         existing_evaluations = set(views.evaluations)
         existing_items = set(views.items)
-        in_flight_before = {k: ev.in_flight(v.item_counts) for k, v in views.evaluations.items()}
 
         for event, record in zip(decoded, recorded, strict=True):
             project(views, event, codec.envelope(record))
-        # Checked here, inside the append transaction that holds the append lock, so workers
-        # on several machines can never jointly exceed an evaluation's concurrency.
-        for evaluation_id, view in views.evaluations.items():
-            now_in_flight = ev.in_flight(view.item_counts)
-            if now_in_flight > max(view.config.concurrency, in_flight_before.get(evaluation_id, 0)):
-                raise CapacityExceeded(f"evaluation {evaluation_id} is at its concurrency")
 
         self._write(
             conn,

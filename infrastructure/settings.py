@@ -10,6 +10,9 @@ import msgspec
 from infrastructure.sandbox.local.principals import parse_uid_range
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./assay.db"
+# Decoders recurse per JSON level and Python's stack allows about 1000: a configured depth
+# limit must stay well below that to keep deep bodies from ever reaching a decoder.
+MAX_JSON_DEPTH_CEILING = 512
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,6 +23,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit: int = 600
     # Largest accepted request body, in bytes.
     max_body_bytes: int = 1_048_576
+    # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never decoded).
+    max_json_depth: int = 64
     # Oldest `dreadnode-sdk/<version>` user agent accepted; older ones get 426.
     min_client_version: str = "2.0.0"
     default_task_timeout_sec: int = 1800
@@ -87,6 +92,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("port", int),
             ("rate_limit", int),
             ("max_body_bytes", int),
+            ("max_json_depth", int),
             ("min_client_version", str),
             ("default_task_timeout_sec", int),
             ("default_max_retries", int),
@@ -132,6 +138,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"ASSAY_SANDBOX_ISOLATION={settings.sandbox_isolation!r}: use strict or weak"
             )
         parse_uid_range(settings.sandbox_uids)
+        if not 1 <= settings.max_json_depth <= MAX_JSON_DEPTH_CEILING:
+            raise ValueError(
+                f"ASSAY_MAX_JSON_DEPTH={settings.max_json_depth}: use 1 to {MAX_JSON_DEPTH_CEILING}"
+            )
         return settings
 
     @property

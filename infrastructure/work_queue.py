@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.item import IN_FLIGHT
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.protocol import TranscriptMessage
-from infrastructure.clock import iso
+from infrastructure.clock import Clock, iso, system_clock
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.execution_tables import transcript_messages, workers
 from infrastructure.db.store_tables import evaluations, items
@@ -35,7 +35,6 @@ _QUEUED_ITEMS = (
 )
 _IN_FLIGHT_ITEMS = sa.select(items.c.doc).where(items.c.status.in_(sorted(IN_FLIGHT)))
 _INSERT_TRANSCRIPT = transcript_messages.insert()
-_ITEM_DOC = sa.select(items.c.doc).where(items.c.id == sa.bindparam("id"))
 
 
 class WorkerInfo(msgspec.Struct, frozen=True):
@@ -74,9 +73,27 @@ def _transcript_rows(
     ]
 
 
+class TranscriptStore(Protocol):
+    """Where a worker keeps what agents said and did (WorkQueue on a database)."""
+
+    def transcript_write(
+        self,
+        session_id: str,
+        item_id: str,
+        messages: Sequence[TranscriptMessage],
+        *,
+        after_seq: int = 0,
+    ) -> SideWrite | None: ...
+
+    async def store_transcript(
+        self, session_id: str, item_id: str, messages: Sequence[TranscriptMessage]
+    ) -> None: ...
+
+
 class WorkQueue:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock = system_clock) -> None:
         self.engine = engine
+        self.clock = clock
 
     # ---- claimable work ----
 
@@ -97,12 +114,6 @@ class WorkQueue:
             docs = (await conn.execute(_IN_FLIGHT_ITEMS)).scalars().all()
         return [decode_item(d) for d in docs]
 
-    async def item_version(self, item_id: str) -> int | None:
-        """The item stream's version as the read model has it (None: no such item)."""
-        async with self.engine.connect() as conn:
-            doc = (await conn.execute(_ITEM_DOC, {"id": item_id})).scalar()
-        return None if doc is None else decode_item(doc).version
-
     # ---- worker registry ----
 
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -122,7 +133,7 @@ class WorkQueue:
 
     async def live_workers(self) -> list[WorkerInfo]:
         """Workers that sent a heartbeat within WORKER_TIMEOUT_SECONDS."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TIMEOUT_SECONDS)
+        cutoff = self.clock() - timedelta(seconds=WORKER_TIMEOUT_SECONDS)
         heartbeat_after = iso(cutoff)
         async with self.engine.connect() as conn:
             rows = (

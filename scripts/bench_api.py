@@ -723,11 +723,12 @@ def _event_rows(k: int, template: dict[str, Any]) -> list[tuple[Any, ...]]:
 async def bench_store(
     url: str, k: int, template: dict[str, Any], concurrency: int, warmup: float, duration: float
 ) -> AppendResult:
+    from app.composition import open_store
     from infrastructure.db.engine import create_engine
-    from infrastructure.eventstore import EventStore, NewEvent, StreamAppend
+    from infrastructure.eventstore import NewEvent, StreamAppend
 
     engine = create_engine(url)
-    store = EventStore(engine)
+    store, _leases = open_store(engine)
 
     async def append() -> None:
         events = [

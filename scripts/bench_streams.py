@@ -130,15 +130,14 @@ def client_main(
 async def append_events(
     database_url: str, targets: list[tuple[str, str]], rate: float, duration: float
 ) -> list[tuple[int, float, str]]:
+    from app.composition import open_store
     from domain import item as it
     from infrastructure import codec
     from infrastructure.clock import utc_now
     from infrastructure.db.engine import create_engine
-    from infrastructure.eventstore import EventStore
-    from infrastructure.readmodels import Projector
 
     engine = create_engine(database_url)
-    store = EventStore(engine, in_transaction=Projector())
+    store = open_store(engine)[0]
     versions = {item_id: 2 for _, item_id in targets}  # queued, claimed
     appended: list[tuple[int, float, str]] = []
 
@@ -179,15 +178,14 @@ async def append_events(
 
 async def claim_all(database_url: str, targets: list[tuple[str, str]]) -> None:
     """Put every item in flight once, so lease renewals are valid events for it."""
+    from app.composition import open_store
     from domain import item as it
     from infrastructure import codec
     from infrastructure.clock import utc_now
     from infrastructure.db.engine import create_engine
-    from infrastructure.eventstore import EventStore
-    from infrastructure.readmodels import Projector
 
     engine = create_engine(database_url)
-    store = EventStore(engine, in_transaction=Projector())
+    store = open_store(engine)[0]
     try:
         for evaluation_id, item_id in targets:
             claimed = it.ItemClaimed(

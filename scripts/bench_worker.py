@@ -76,6 +76,7 @@ import msgspec  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from app.api.schemas import CreateEvaluationRequest  # noqa: E402
+from app.composition import build_container  # noqa: E402
 from app.container import Container  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.services.evaluations import CommandContext  # noqa: E402
@@ -347,7 +348,7 @@ async def run_one(
         cpu0 = time.process_time()
         if profiler is not None:
             profiler.enable()
-        pool.wake()
+        container.work.notify()
         while True:
             current = await container.queries.evaluation(view.id)
             assert current is not None
@@ -400,7 +401,7 @@ async def bench_backend(
                 sandbox_isolation=level,
                 log_level="WARNING",
             )
-            container = Container.build(settings)
+            container = build_container(settings)
             try:
                 if ctx is None:
                     boot = await bootstrap(

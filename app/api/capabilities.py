@@ -10,13 +10,12 @@ route here.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import Parameter
 
-from app.api.context import org_caller
+from app.api.context import ListLimit, PageNumber, org_caller
 from app.api.openapi import errors_for
 from app.errors import not_found
 from infrastructure.agents.registry import AGENTS, AgentSpec
@@ -194,8 +193,8 @@ class CapabilityController(Controller):
         search: str | None = None,
         keywords: list[str] | None = None,
         sort_dir: Literal["asc", "desc"] = "asc",
-        page: Annotated[int, Parameter(ge=1)] = 1,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        page: PageNumber = 1,
+        limit: ListLimit = 50,
     ) -> CapabilityList:
         """The agents an evaluation can select with `capability`, by name (`sort_dir`
         desc reverses)."""

@@ -4,9 +4,10 @@ it rather than through each other."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request
+from litestar.params import Parameter
 
 from app.auth import Scope
 from app.container import Container
@@ -38,6 +39,14 @@ def request_id_of(request: Request[Any, Any, Any]) -> str | None:
     """The id the request middleware gave this request (echoed in errors and events)."""
     request_id: str | None = request.scope.get("state", {}).get("request_id")
     return request_id
+
+
+# Paging of the list routes (tasks, task sets, capabilities, runtimes, sandboxes): one bound.
+MAX_LIST_LIMIT = 500
+PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
+ListLimit = Annotated[
+    int, Parameter(ge=1, le=MAX_LIST_LIMIT, description=f"at most {MAX_LIST_LIMIT} per page")
+]
 
 
 async def evaluation_in(

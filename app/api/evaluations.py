@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import msgspec
@@ -9,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from app.api.context import (
+    PageNumber,
     container_of,
     evaluation_in,
     item_in,
@@ -59,11 +61,19 @@ AsOfParam = Annotated[
 ]
 
 
+async def _evaluation_id(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> str:
+    """The full id of the workspace's evaluation named by id or unique prefix (commands load
+    the evaluation itself from its streams)."""
+    found = await container_of(request).queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
+    if found is None:
+        raise not_found(f"evaluation {raw_id!r}")
+    return found
+
+
 async def _as_of(request: Request[Any, Any, Any], view: EvaluationView, raw: str) -> PastEvaluation:
     return await evaluation_as_of(container_of(request).queries, view.id, parse_as_of(raw))
 
 
-PageNumber = Annotated[int, Parameter(ge=1, description="1-based page number")]
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
 
 
@@ -100,7 +110,7 @@ class EvaluationController(Controller):
         page: PageNumber = 1,
         page_size: PageSize = 50,
         status: str | None = None,
-        project_id: str | None = None,
+        project_id: uuid.UUID | None = None,
     ) -> EvaluationList:
         """Evaluations of the workspace, newest first."""
         tenant = await resolve_scope(request, org, ws)
@@ -111,7 +121,7 @@ class EvaluationController(Controller):
             page=page,
             page_size=page_size,
             status=status,
-            project_id=project_id,
+            project_id=None if project_id is None else str(project_id),
         )
         capacity = await container_of(request).capacity()
         return EvaluationList(
@@ -147,9 +157,9 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         tenant = await resolve_scope(request, org, ws)
-        view = await evaluation_in(request, tenant, evaluation_id)
+        full_id = await _evaluation_id(request, tenant, evaluation_id)
         container = container_of(request)
-        cancelled = await container.evaluations.cancel(_context(request, tenant), view.id)
+        cancelled = await container.evaluations.cancel(_context(request, tenant), full_id)
         return evaluation_response(cancelled, await container.capacity())
 
     @post(
@@ -162,9 +172,9 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         tenant = await resolve_scope(request, org, ws)
-        view = await evaluation_in(request, tenant, evaluation_id)
+        full_id = await _evaluation_id(request, tenant, evaluation_id)
         container = container_of(request)
-        reopened = await container.evaluations.retry_failed(_context(request, tenant), view.id)
+        reopened = await container.evaluations.retry_failed(_context(request, tenant), full_id)
         return evaluation_response(reopened, await container.capacity())
 
     @get(

@@ -8,17 +8,17 @@ resume and reset commands have no route here. The client's `key` is the runtime'
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
 from litestar.params import Parameter
 
-from app.api.context import container_of, resolve_scope
+from app.api.context import ListLimit, container_of, resolve_scope
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from infrastructure.identity.records import Runtime
+from infrastructure.ids import canonical_id
 
 RUNTIME_STATES = ("idle", "running", "paused")
 
@@ -58,14 +58,6 @@ def _response(runtime: Runtime) -> RuntimeResponse:
     )
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 class RuntimeController(Controller):
     path = "/api/v1/org/{org:str}/ws/{ws:str}/runtimes"
     tags = ["runtimes"]
@@ -82,7 +74,7 @@ class RuntimeController(Controller):
         ] = None,
         project_id: str | None = None,
         owner: Annotated[str | None, Parameter(description="`me`: the same list here")] = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        limit: ListLimit = 50,
         cursor: str | None = None,
     ) -> RuntimeList:
         """The workspace's runtimes (model endpoints), by name."""
@@ -118,8 +110,9 @@ class RuntimeController(Controller):
         tenant = await resolve_scope(request, org, ws)
         identity = container_of(request).identity
         found = None
-        if _is_uuid(runtime_id):
-            found = await identity.get_runtime(tenant.workspace.id, runtime_id)
+        whole_id = canonical_id(runtime_id)
+        if whole_id is not None:
+            found = await identity.get_runtime(tenant.workspace.id, whole_id)
         if found is None:
             found = await identity.get_runtime_by_name(tenant.workspace.id, runtime_id)
         if found is None:

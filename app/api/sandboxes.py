@@ -12,21 +12,22 @@ output, between the item's lifecycle lines.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get
 from litestar.params import Parameter
 
-from app.api.context import container_of, org_caller
+from app.api.context import ListLimit, container_of, org_caller
 from app.api.openapi import errors_for
 from app.errors import ApiError, not_found
 from app.services.evaluations import CommandContext
 from app.services.sandboxes import sandbox_state
 from domain.projections import EvaluationView, ItemView
 from infrastructure.identity.records import Principal, Workspace
-from infrastructure.queries import normalise_prefix
+from infrastructure.ids import normalise_prefix
 
 SANDBOX_STATES = ("running", "kept", "killed")
 # Enough of a transcript for a log; the whole one is at .../items/{id}/transcript.
@@ -182,8 +183,8 @@ class SandboxController(Controller):
             str | None,
             Parameter(query="state", description="comma-separated: running, kept, killed"),
         ] = None,
-        project_id: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        project_id: uuid.UUID | None = None,
+        limit: ListLimit = 50,
         cursor: Annotated[
             str | None, Parameter(description="next_cursor of the previous page")
         ] = None,
@@ -203,13 +204,14 @@ class SandboxController(Controller):
             raise ApiError(400, "cursor is not one this server gave out") from None
         if offset < 0:
             raise ApiError(400, "cursor is not one this server gave out")
-        found = await container_of(request).queries.sandbox_items([w.id for w in workspaces])
-        now = datetime.now(UTC).timestamp()
+        container = container_of(request)
+        found = await container.queries.sandbox_items([w.id for w in workspaces])
+        now = container.clock().timestamp()
         rows = [
             sandbox_response(e, i, now)
             for e, i in found
             if (not wanted or sandbox_state(i) in wanted)
-            and (project_id is None or e.config.project_id == project_id)
+            and (project_id is None or e.config.project_id == str(project_id))
         ]
         page = rows[offset : offset + limit]
         more = offset + limit < len(rows)
@@ -221,8 +223,9 @@ class SandboxController(Controller):
     async def sandbox_usage(self, request: Request[Any, Any, Any], org: str) -> SandboxUsage:
         """Sandbox time of the org's evaluation items (started to ended, or to now)."""
         _principal, _org_id, workspaces = await _visible_workspaces(request, org)
-        found = await container_of(request).queries.sandbox_items([w.id for w in workspaces])
-        now_dt = datetime.now(UTC)
+        container = container_of(request)
+        found = await container.queries.sandbox_items([w.id for w in workspaces])
+        now_dt = container.clock()
         now = now_dt.timestamp()
         month = now_dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
         states = [sandbox_state(i) for _e, i in found]
@@ -245,7 +248,7 @@ class SandboxController(Controller):
         """One sandbox by item id, id prefix, or the provider's sandbox id."""
         _principal, _org_id, workspaces = await _visible_workspaces(request, org)
         evaluation, item = await _sandbox(request, workspaces, sandbox_id)
-        return sandbox_response(evaluation, item, datetime.now(UTC).timestamp())
+        return sandbox_response(evaluation, item, container_of(request).clock().timestamp())
 
     @get("/{sandbox_id:str}/logs", responses=errors_for(401, 404, 409, 426, 429))
     async def sandbox_logs(

@@ -6,11 +6,17 @@ published `dn` client reads them unchanged.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from domain.evaluation import TERMINAL_STATUSES, CleanupPolicy, EvaluationStatus
+from domain.evaluation import (
+    MAX_CONCURRENCY,
+    TERMINAL_STATUSES,
+    CleanupPolicy,
+    EvaluationStatus,
+)
 from domain.item import ItemStatus
 from domain.projections import EvaluationView, ItemView
 from domain.task_sets import SkippedMember
@@ -71,7 +77,12 @@ class CreateEvaluationRequest(msgspec.Struct, frozen=True, kw_only=True):
         _doc("always (default), or on_success: keep the sandbox of items that did not pass."),
     ] = "always"
     concurrency: Annotated[
-        int, _doc("Most items of this evaluation in flight at once, 1-100.", ge=1, le=100)
+        int,
+        _doc(
+            f"Most items of this evaluation in flight at once, 1-{MAX_CONCURRENCY}.",
+            ge=1,
+            le=MAX_CONCURRENCY,
+        ),
     ] = 1
     task_timeout_sec: Annotated[
         Annotated[int, msgspec.Meta(ge=1)] | None,
@@ -81,18 +92,21 @@ class CreateEvaluationRequest(msgspec.Struct, frozen=True, kw_only=True):
             "metadata_json.timeout says which applied."
         ),
     ] = None
+    # Ids are decoded as UUIDs: any case is the same id, and one that is not a UUID is a 422
+    # naming the field. `str()` of one is the canonical text ids are stored as.
     project_id: Annotated[
-        str | None, _doc("Project of the workspace (uuid); 404 when it is not there.")
+        uuid.UUID | None,
+        _doc("Project of the workspace (uuid, any case); 404 when it is not there."),
     ] = None
     runtime_id: Annotated[
-        str | None,
+        uuid.UUID | None,
         _doc("Runtime of the workspace (uuid) whose base_url serves the openai agent's model."),
     ] = None
     sandbox_provider: Annotated[
         str | None, _doc("Registered sandbox provider: local (default) or docker.")
     ] = None
     secret_ids: Annotated[
-        list[str] | None,
+        list[uuid.UUID] | None,
         _doc("Your secrets (uuids) injected into the sandbox environment, redacted from output."),
     ] = None
     engine: Annotated[str | None, _doc("Stored and shown; Assay does not act on it.")] = None

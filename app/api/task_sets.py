@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
-from litestar.params import Parameter
 
-from app.api.context import container_of, org_caller, request_id_of
+from app.api.context import ListLimit, PageNumber, container_of, org_caller, request_id_of
 from app.api.openapi import errors_for
 from app.api.tasks import Facet, VisibilityRequest
 from app.services.task_sets import TaskSetService, publish_warnings
@@ -158,10 +157,6 @@ async def _detail(
     )
 
 
-Page = Annotated[int, Parameter(ge=1)]
-Limit = Annotated[int, Parameter(ge=1, le=500)]
-
-
 def _matches(
     task_set: ts.TaskSet,
     search: str | None,
@@ -197,8 +192,8 @@ class TaskSetController(Controller):
         self,
         request: Request[Any, Any, Any],
         org: str,
-        page: Page = 1,
-        limit: Limit = 50,
+        page: PageNumber = 1,
+        limit: ListLimit = 50,
         search: str | None = None,
         tags: list[str] | None = None,
         source: list[str] | None = None,

@@ -9,13 +9,12 @@ does when an evaluation resolves the name.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch
-from litestar.params import Parameter
 
-from app.api.context import container_of, org_caller, request_id_of
+from app.api.context import ListLimit, PageNumber, container_of, org_caller, request_id_of
 from app.api.openapi import errors_for
 from app.errors import not_found
 from app.services.registry import RegistryService, TaskEntry
@@ -146,10 +145,6 @@ def _facet(values: list[str]) -> list[Facet]:
     return [Facet(value=v, count=n) for v, n in sorted(Counter(values).items())]
 
 
-Page = Annotated[int, Parameter(ge=1)]
-Limit = Annotated[int, Parameter(ge=1, le=500)]
-
-
 class TaskController(Controller):
     path = "/api/v1/org/{org:str}/tasks"
     tags = ["tasks"]
@@ -159,8 +154,8 @@ class TaskController(Controller):
         self,
         request: Request[Any, Any, Any],
         org: str,
-        page: Page = 1,
-        limit: Limit = 50,
+        page: PageNumber = 1,
+        limit: ListLimit = 50,
         search: str | None = None,
         tags: list[str] | None = None,
         include_public: bool = False,

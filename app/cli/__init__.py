@@ -15,8 +15,15 @@ def _register() -> None:
     # Sub-command modules import heavy dependencies; they attach themselves to `main` here.
     from app.cli import admin, db, projections, serve, tasks, worker
 
-    for module in (admin, db, projections, serve, tasks, worker):
-        main.add_command(module.group)
+    for command in (
+        admin.admin_commands,
+        db.db_commands,
+        projections.projection_commands,
+        serve.serve_command,
+        tasks.task_commands,
+        worker.worker_command,
+    ):
+        main.add_command(command)
 
 
 _register()

@@ -33,13 +33,14 @@ from infrastructure.identity.records import (
     Workspace,
 )
 from infrastructure.identity.store import IdentityStore
+from infrastructure.ids import canonical_id
 from infrastructure.settings import Settings
 
 T = TypeVar("T")
 
 
 @click.group("admin")
-def group() -> None:
+def admin_commands() -> None:
     """Orgs, workspaces, users, memberships, API keys, projects, runtimes and secrets."""
 
 
@@ -126,11 +127,15 @@ def _server_url() -> str:
 # -- bootstrap ---------------------------------------------------------------------------
 
 
-@group.command("bootstrap")
+@admin_commands.command("bootstrap")
 @click.option("--org", "org_key", required=True, help="Org slug, e.g. acme.")
 @click.option("--workspace", "workspace_key", required=True, help="Workspace slug, e.g. main.")
 @click.option("--email", required=True, help="The owner's email address.")
-@click.option("--username", default=None, help="Default: the email's local part.")
+@click.option(
+    "--username",
+    default=None,
+    help="Default: the email's local part, with a numeric suffix when taken (owner-2).",
+)
 @click.option("--full-name", default=None, help="Default: the username.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @_database_url_option
@@ -190,18 +195,22 @@ def bootstrap_command(
 # -- users, members, keys ----------------------------------------------------------------
 
 
-@group.command("add-user")
+@admin_commands.command("add-user")
 @click.option("--email", required=True)
-@click.option("--username", required=True)
-@click.option("--full-name", required=True)
+@click.option(
+    "--username",
+    default=None,
+    help="Default: the email's local part, with a numeric suffix when taken (owner-2).",
+)
+@click.option("--full-name", default=None, help="Default: the username.")
 @_database_url_option
-def add_user(email: str, username: str, full_name: str, database_url: str) -> None:
+def add_user(email: str, username: str | None, full_name: str | None, database_url: str) -> None:
     """Create a user (no org yet: see add-member)."""
     user = _run(database_url, lambda store: store.create_user(email, username, full_name))
-    click.echo(f"user {user.email} id={user.id}")
+    click.echo(f"user {user.email} username={user.username} id={user.id}")
 
 
-@group.command("add-member")
+@admin_commands.command("add-member")
 @click.option("--org", "org_key", required=True)
 @click.option("--email", required=True)
 @click.option("--role", required=True, type=click.Choice(ROLE_NAMES))
@@ -218,7 +227,7 @@ def add_member(org_key: str, email: str, role: str, database_url: str) -> None:
     click.echo(f"{email} is {role} of {org_key}")
 
 
-@group.command("create-key")
+@admin_commands.command("create-key")
 @click.option("--email", required=True)
 @click.option(
     "--workspace", "scope", default=None, metavar="ORG/WS", help="Only valid in this workspace."
@@ -244,17 +253,18 @@ def create_key(email: str, scope: str | None, name: str, database_url: str) -> N
     click.echo(raw_key)
 
 
-@group.command("revoke-key")
+@admin_commands.command("revoke-key")
 @click.argument("key_id")
 @_database_url_option
 def revoke_key(key_id: str, database_url: str) -> None:
     """Revoke an API key by id (see list-keys); it stops working at once (servers may cache
     it for ASSAY_AUTH_CACHE_SECONDS)."""
-    info = _run(database_url, lambda store: store.revoke_api_key(key_id))
+    # An id typed in upper case is the same id (ids are stored in canonical form).
+    info = _run(database_url, lambda store: store.revoke_api_key(canonical_id(key_id) or key_id))
     click.echo(f"revoked {info.id} ({info.prefix}…) at {info.revoked_at}")
 
 
-@group.command("list-keys")
+@admin_commands.command("list-keys")
 @click.option("--email", required=True)
 @click.option("--json", "as_json", is_flag=True)
 @_database_url_option
@@ -281,7 +291,7 @@ def list_keys(email: str, as_json: bool, database_url: str) -> None:
 # -- workspaces, projects, runtimes ------------------------------------------------------
 
 
-@group.command("add-workspace")
+@admin_commands.command("add-workspace")
 @click.option("--org", "org_key", required=True)
 @click.option("--key", required=True, help="Workspace slug.")
 @click.option("--name", required=True)
@@ -298,7 +308,7 @@ def add_workspace(org_key: str, key: str, name: str, is_default: bool, database_
     click.echo(f"workspace {org_key}/{workspace.key} id={workspace.id}")
 
 
-@group.command("add-project")
+@admin_commands.command("add-project")
 @click.option("--org", "org_key", required=True)
 @click.option("--workspace", "workspace_key", required=True)
 @click.option("--key", required=True, help="Project slug.")
@@ -315,7 +325,7 @@ def add_project(org_key: str, workspace_key: str, key: str, name: str, database_
     click.echo(f"project {org_key}/{workspace_key}/{project.key} id={project.id}")
 
 
-@group.command("add-runtime")
+@admin_commands.command("add-runtime")
 @click.option("--org", "org_key", required=True)
 @click.option("--workspace", "workspace_key", required=True)
 @click.option("--name", required=True)
@@ -337,7 +347,7 @@ def add_runtime(
 # -- secrets -----------------------------------------------------------------------------
 
 
-@group.command("add-secret")
+@admin_commands.command("add-secret")
 @click.option("--email", required=True, help="The user who owns (and may use) the secret.")
 @click.option("--name", required=True, help="What `dn ... --secret NAME` refers to.")
 @click.option("--provider", required=True, help="e.g. openai, anthropic.")

@@ -9,7 +9,7 @@ from infrastructure.settings import Settings
 
 
 @click.group("db")
-def group() -> None:
+def db_commands() -> None:
     """Database schema commands."""
 
 
@@ -17,7 +17,7 @@ def _url(database_url: str | None) -> str:
     return database_url or Settings.from_env().database_url
 
 
-@group.command("upgrade")
+@db_commands.command("upgrade")
 @click.option("--database-url", default=None, help="Default: ASSAY_DATABASE_URL or ./assay.db")
 @click.option("--revision", default="head", show_default=True)
 def upgrade(database_url: str | None, revision: str) -> None:
@@ -30,7 +30,7 @@ def upgrade(database_url: str | None, revision: str) -> None:
     click.echo(f"database at revision {current_revision(url)}")
 
 
-@group.command("current")
+@db_commands.command("current")
 @click.option("--database-url", default=None)
 def current(database_url: str | None) -> None:
     """Print the schema revision the database is at."""

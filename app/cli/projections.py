@@ -10,6 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.cli.checks import require_migrated
+from app.composition import open_store
 from infrastructure import rebuild as rebuilding
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 
 @click.group("projections")
-def group() -> None:
+def projection_commands() -> None:
     """Read-model maintenance (safe while the API is serving)."""
 
 
@@ -46,7 +47,7 @@ def _with_progress(
                 def report(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                store = EventStore(engine)
+                store, _leases = open_store(engine)
                 try:
                     return await run(store, report)
                 finally:
@@ -57,7 +58,7 @@ def _with_progress(
     return asyncio.run(main())
 
 
-@group.command("rebuild")
+@projection_commands.command("rebuild")
 @click.option("--database-url", default=None)
 def rebuild(database_url: str | None) -> None:
     """Drop every read model and rebuild it from the whole event log."""
@@ -65,7 +66,7 @@ def rebuild(database_url: str | None) -> None:
     click.echo("read models rebuilt from the event log")
 
 
-@group.command("verify")
+@projection_commands.command("verify")
 @click.option("--database-url", default=None)
 def verify(database_url: str | None) -> None:
     """Rebuild into scratch tables and report any difference from the live read models."""

@@ -30,7 +30,7 @@ class _Server(uvicorn.Server):
 @click.command("serve")
 @click.option("--host", default=None, help="Bind address (default ASSAY_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default ASSAY_PORT or 8000).")
-def group(host: str | None, port: int | None) -> None:
+def serve_command(host: str | None, port: int | None) -> None:
     """Serve the API. The database must be migrated first (`assay db upgrade`)."""
     settings = Settings.from_env()
     require_ready(settings)

@@ -8,11 +8,11 @@ from infrastructure.tasks import check_bundles
 
 
 @click.group("tasks")
-def group() -> None:
+def task_commands() -> None:
     """Task bundles."""
 
 
-@group.command("check")
+@task_commands.command("check")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
 def check(folders: tuple[str, ...]) -> None:
     """Validate each FOLDER (a bundle, or a folder of bundles) as the server would load it.

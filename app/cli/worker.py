@@ -9,7 +9,7 @@ import signal
 import click
 
 from app.cli.checks import require_ready
-from app.container import Container
+from app.composition import build_container
 from app.logging import configure_logging
 from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
@@ -17,7 +17,7 @@ from infrastructure.settings import Settings
 
 @click.command("worker")
 @click.option("--slots", type=int, default=None, help="Items run at once (default ASSAY_WORKERS).")
-def group(slots: int | None) -> None:
+def worker_command(slots: int | None) -> None:
     """Claim queued items and run each in a sandbox until stopped (SIGINT/SIGTERM)."""
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_json)
@@ -27,7 +27,7 @@ def group(slots: int | None) -> None:
     require_ready(settings)
 
     async def main() -> None:
-        container = Container.build(settings)
+        container = build_container(settings)
         pool = container.worker_pool(slot_count)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,8 +1,11 @@
-"""Evaluation command handlers: validate against the outside world, load, decide, append.
+"""Evaluation commands of the API: create, cancel, retry-failed.
 
-Every command either appends all of its events (and the read-model rows they imply, in the
-same transaction) or nothing. Lookups that can refuse a request (tasks, projects, runtimes,
-secrets, agents) all run before `decide`, so a refused command never reaches the store.
+Each one validates against the outside world, loads the aggregate from its streams
+(`infrastructure.repository`), calls the pure `domain.evaluation.decide`, and commits the
+events in one append transaction (read models included), or appends nothing. Lookups that
+can refuse a request (tasks, projects, runtimes, secrets, agents) all run before `decide`, so
+a refused command never reaches the store. Refusals are application errors
+(`app.services.errors`); `app.errors` turns them into HTTP answers.
 """
 
 from __future__ import annotations
@@ -13,21 +16,23 @@ from typing import Any, Protocol
 
 import msgspec
 
-from app.api.schemas import CreateEvaluationRequest
-from app.errors import ApiError, FieldError, not_found
+from app.services.errors import FieldProblem, Forbidden, InvalidInput, NotFound
+from app.services.work_signal import WorkSignal
 from domain import evaluation as ev
 from domain import item as it
 from domain import task_sets as ts
 from domain.projections import Actor, EvaluationView
+from domain.timestamps import iso
 from infrastructure import codec
 from infrastructure.agents.registry import AGENTS, agent_names, resolve_agent
-from infrastructure.clock import utc_now
-from infrastructure.eventstore import ConcurrencyConflict, EventStore
+from infrastructure.clock import Clock, system_clock
+from infrastructure.eventstore import ConcurrencyConflict
 from infrastructure.identity.records import Principal, Runtime
 from infrastructure.identity.store import IdentityStore
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
 from infrastructure.registry.bundles import ResolvedTask
+from infrastructure.repository import LoadedEvaluation, Repository
 from infrastructure.sandbox.registry import provider_names
 from infrastructure.settings import Settings
 from infrastructure.tasks import (
@@ -61,6 +66,53 @@ class TaskSetExpander(Protocol):
     async def expand(self, org_id: str, ref: str) -> tuple[list[str], list[ts.SkippedMember]]: ...
 
 
+class EvaluationRequest(Protocol):
+    """What create reads of a request (the HTTP schema `EvaluationRequest` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def capability(self) -> str | None: ...
+    @property
+    def agent_type(self) -> str | None: ...
+    @property
+    def task_names(self) -> list[str] | None: ...
+    @property
+    def dataset(self) -> dict[str, Any] | list[Any] | None: ...
+    @property
+    def task_set(self) -> str | None: ...
+    @property
+    def task_config(self) -> dict[str, Any] | None: ...
+    @property
+    def project_id(self) -> uuid.UUID | None: ...
+    @property
+    def runtime_id(self) -> uuid.UUID | None: ...
+    @property
+    def secret_ids(self) -> list[uuid.UUID] | None: ...
+    @property
+    def sandbox_provider(self) -> str | None: ...
+    @property
+    def cleanup_policy(self) -> ev.CleanupPolicy: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def task_timeout_sec(self) -> int | None: ...
+    @property
+    def engine(self) -> str | None: ...
+    @property
+    def max_steps(self) -> int | None: ...
+    @property
+    def judge_model(self) -> str | None: ...
+    @property
+    def model_overrides(self) -> dict[str, Any] | None: ...
+    @property
+    def egress_overrides(self) -> Any: ...
+
+
 class CreateReport(msgspec.Struct, kw_only=True):
     """What create tells besides the evaluation: task-set members it left out."""
 
@@ -78,17 +130,18 @@ class EvaluationService:
     def __init__(
         self,
         *,
-        store: EventStore,
+        repository: Repository,
         queries: ReadModelQueries,
         identity: IdentityStore,
         catalog: TaskCatalog,
         settings: Settings,
-        clock: Callable[[], str] = utc_now,
+        work: WorkSignal,
+        clock: Clock = system_clock,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         tasks: TaskResolver | None = None,
         task_sets: TaskSetExpander | None = None,
     ) -> None:
-        self.store = store
+        self.repository = repository
         self.queries = queries
         self.identity = identity
         self.catalog = catalog
@@ -98,22 +151,22 @@ class EvaluationService:
         # Without one (tests of create alone), refs resolve in the catalog and carry no digest.
         self.tasks = tasks
         self.task_sets = task_sets
-        # Called after a command made items claimable, so an in-process worker starts at once.
-        self.notify_work: Callable[[], None] = lambda: None
+        # Told when a command made items claimable, so an in-process worker starts at once.
+        self.work = work
 
     # ---- create ----
 
-    async def create(self, ctx: CommandContext, request: CreateEvaluationRequest) -> EvaluationView:
+    async def create(self, ctx: CommandContext, request: EvaluationRequest) -> EvaluationView:
         view, _report = await self.create_reporting(ctx, request)
         return view
 
     async def create_reporting(
-        self, ctx: CommandContext, request: CreateEvaluationRequest
+        self, ctx: CommandContext, request: EvaluationRequest
     ) -> tuple[EvaluationView, CreateReport]:
         """Create, and say which members of a task set were skipped (unresolvable)."""
         if not ctx.principal.can_create(ctx.org_id, ctx.workspace_id):
-            raise ApiError(403, "your role in this organization cannot create evaluations")
-        errors: list[FieldError] = []
+            raise Forbidden("your role in this organization cannot create evaluations")
+        errors: list[FieldProblem] = []
         report = CreateReport()
         specs = await self._item_specs(ctx, request, errors, report)
         self._check_agent(request, errors)
@@ -129,7 +182,7 @@ class EvaluationService:
                 )
             )
         if errors:
-            raise ApiError(422, _summary(errors), errors=errors)
+            raise InvalidInput(errors)
         runtime = await self._check_references(ctx, request)
         self._check_openai_endpoint(request, runtime)
 
@@ -140,14 +193,14 @@ class EvaluationService:
             model=request.model,
             capability=request.capability,
             agent_type=request.agent_type,
-            project_id=request.project_id,
-            runtime_id=request.runtime_id,
+            project_id=_id_text(request.project_id),
+            runtime_id=_id_text(request.runtime_id),
             sandbox_provider=provider,
             cleanup_policy=request.cleanup_policy,
             concurrency=request.concurrency,
             task_timeout_sec=request.task_timeout_sec or self.settings.default_task_timeout_sec,
             max_retries=self.settings.default_max_retries,
-            secret_ids=tuple(request.secret_ids or ()),
+            secret_ids=tuple(str(s) for s in request.secret_ids or ()),
             task_config=request.task_config or {},
             engine=request.engine,
             max_steps=request.max_steps,
@@ -164,18 +217,18 @@ class EvaluationService:
             items=tuple(specs),
         )
         new_events = ev.decide(None, {}, command)
-        recorded = await self.store.append(
-            codec.to_appends(new_events, {}, self._metadata(ctx)), recorded_at=self.clock()
+        recorded = await self.repository.commit(
+            new_events, versions={}, metadata=self._metadata(ctx), recorded_at=iso(self.clock())
         )
-        self.notify_work()
+        self.work.notify()
         # A new evaluation's row is exactly the fold of its own events: no read needed.
         return fold(recorded).evaluations[evaluation_id], report
 
     async def _item_specs(
         self,
         ctx: CommandContext,
-        request: CreateEvaluationRequest,
-        errors: list[FieldError],
+        request: EvaluationRequest,
+        errors: list[FieldProblem],
         report: CreateReport,
     ) -> list[ev.ItemSpec]:
         rows: list[tuple[list[str | int], str, dict[str, Any]]] = []
@@ -238,7 +291,7 @@ class EvaluationService:
         return specs
 
     async def _task_set_rows(
-        self, ctx: CommandContext, ref: str, errors: list[FieldError], report: CreateReport
+        self, ctx: CommandContext, ref: str, errors: list[FieldProblem], report: CreateReport
     ) -> list[tuple[list[str | int], str, dict[str, Any]]]:
         loc: list[str | int] = ["body", "task_set"]
         if self.task_sets is None:
@@ -266,9 +319,7 @@ class EvaluationService:
         task = self.catalog.resolve(ref)
         return ResolvedTask(task=task, ref=task.ref, digest=None, source="catalog")
 
-    def _timeout_of(
-        self, request: CreateEvaluationRequest, task: Task
-    ) -> tuple[int, it.TimeoutSource]:
+    def _timeout_of(self, request: EvaluationRequest, task: Task) -> tuple[int, it.TimeoutSource]:
         """The evaluation's task_timeout_sec when given, else the task's own timeout_sec,
         else the service default."""
         if request.task_timeout_sec is not None:
@@ -277,17 +328,14 @@ class EvaluationService:
             return task.timeout_sec, "task"
         return self.settings.default_task_timeout_sec, "default"
 
-    def _check_openai_endpoint(
-        self, request: CreateEvaluationRequest, runtime: Runtime | None
-    ) -> None:
+    def _check_openai_endpoint(self, request: EvaluationRequest, runtime: Runtime | None) -> None:
         """The openai agent needs an endpoint; fail at create, not item by item later."""
         if ev.chosen_agent(request.agent_type, request.capability) != "openai":
             return
         if request.model is None:
-            raise ApiError(
-                422,
+            raise InvalidInput(
+                [_field_error(["body", "model"], "model is required for the openai agent")],
                 "the openai agent needs a model",
-                errors=[_field_error(["body", "model"], "model is required for the openai agent")],
             )
         if self.settings.openai_base_url:
             return
@@ -298,11 +346,9 @@ class EvaluationService:
             "a runtime_id whose runtime has a base_url (or choose another agent with "
             "agent_type/capability, e.g. oracle or nop)"
         )
-        raise ApiError(
-            422, message, errors=[_field_error(["body", "runtime_id"], message, "missing_endpoint")]
-        )
+        raise InvalidInput([_field_error(["body", "runtime_id"], message, "missing_endpoint")])
 
-    def _check_agent(self, request: CreateEvaluationRequest, errors: list[FieldError]) -> None:
+    def _check_agent(self, request: EvaluationRequest, errors: list[FieldProblem]) -> None:
         for field in ("agent_type", "capability"):
             name = getattr(request, field)
             if name is not None and resolve_agent(name) is None:
@@ -329,28 +375,27 @@ class EvaluationService:
             )
 
     async def _check_references(
-        self, ctx: CommandContext, request: CreateEvaluationRequest
+        self, ctx: CommandContext, request: EvaluationRequest
     ) -> Runtime | None:
         """References to other resources answer 404 when they are not the caller's to use.
         Returns the runtime named, if any (the openai agent's endpoint may come from it)."""
-        if request.project_id is not None and (
-            not _is_uuid(request.project_id)
-            or await self.identity.get_project(ctx.workspace_id, request.project_id) is None
+        project_id = _id_text(request.project_id)
+        if project_id is not None and (
+            await self.identity.get_project(ctx.workspace_id, project_id) is None
         ):
-            raise not_found(f"project {request.project_id!r}")
+            raise NotFound(f"project {project_id!r}")
         runtime: Runtime | None = None
-        if request.runtime_id is not None:
-            if _is_uuid(request.runtime_id):
-                runtime = await self.identity.get_runtime(ctx.workspace_id, request.runtime_id)
+        runtime_id = _id_text(request.runtime_id)
+        if runtime_id is not None:
+            runtime = await self.identity.get_runtime(ctx.workspace_id, runtime_id)
             if runtime is None:
-                raise not_found(f"runtime {request.runtime_id!r}")
-        wanted = list(dict.fromkeys(request.secret_ids or ()))
+                raise NotFound(f"runtime {runtime_id!r}")
+        wanted = list(dict.fromkeys(str(s) for s in request.secret_ids or ()))
         if wanted:
-            valid = [s for s in wanted if _is_uuid(s)]
-            found = {s.id for s in await self.identity.get_secrets(ctx.principal.user.id, valid)}
+            found = {s.id for s in await self.identity.get_secrets(ctx.principal.user.id, wanted)}
             missing = [s for s in wanted if s not in found]
             if missing:
-                raise not_found(f"secret(s) {', '.join(missing)}")
+                raise NotFound(f"secret(s) {', '.join(missing)}")
         return runtime
 
     # ---- cancel / retry-failed ----
@@ -360,64 +405,45 @@ class EvaluationService:
 
     async def retry_failed(self, ctx: CommandContext, evaluation_id: str) -> EvaluationView:
         view = await self._run(ctx, evaluation_id, ev.RetryFailed())
-        self.notify_work()
+        self.work.notify()
         return view
 
     async def _run(
         self, ctx: CommandContext, evaluation_id: str, command: ev.Command
     ) -> EvaluationView:
-        view = await self._view(evaluation_id)
-        created_by = view.created_by.user_id if view.created_by else None
-        if not ctx.principal.can_manage(ctx.org_id, ctx.workspace_id, created_by):
-            role = ctx.principal.role_in(ctx.org_id)
-            if role == "member":
-                raise ApiError(403, "your role lets you change only evaluations you created")
-            # A viewer (or a key without a role here) changes nothing, whoever created it.
-            raise ApiError(
-                403,
-                f"your role in this org is {role or 'none'}, which only reads evaluations; "
-                "cancel and retry-failed need member (own evaluations), admin or owner",
-            )
         for _attempt in range(CONFLICT_RETRIES):
-            state, item_states, versions = await self._load(evaluation_id)
-            new_events = ev.decide(state, item_states, command)
+            loaded = await self._load(ctx, evaluation_id)
+            new_events = ev.decide(loaded.state, loaded.items, command)
             try:
-                await self.store.append(
-                    codec.to_appends(new_events, versions, self._metadata(ctx)),
-                    recorded_at=self.clock(),
+                await self.repository.commit(
+                    new_events,
+                    versions=loaded.versions(),
+                    metadata=self._metadata(ctx),
+                    recorded_at=iso(self.clock()),
                 )
             except ConcurrencyConflict:
                 continue  # a worker moved an item meanwhile: decide again on fresh state
-            return await self._view(evaluation_id)
+            view = await self.queries.evaluation(evaluation_id)
+            assert view is not None  # its creation was just folded into the read model
+            return view
         raise ConcurrencyConflict(f"evaluation {evaluation_id} kept changing; try again")
 
-    async def _load(
-        self, evaluation_id: str
-    ) -> tuple[ev.EvaluationState, dict[str, it.ItemState], dict[tuple[str, str], int]]:
-        """The aggregate as its streams say, with each stream's version for the append."""
-        recorded = await self.store.read_stream("evaluation", evaluation_id)
-        state: ev.EvaluationState | None = None
-        for record in recorded:
-            event = codec.decode(record)
-            assert isinstance(event, ev.EVALUATION_EVENTS)
-            state = ev.evolve(state, event)
-        if state is None:
-            raise not_found("evaluation")
-        versions = {("evaluation", evaluation_id): state.version}
-        item_states: dict[str, it.ItemState] = {}
-        for item_id, records in (await self.store.read_streams("item", state.item_ids)).items():
-            item_events = [codec.decode(r) for r in records]
-            item_state = it.replay([e for e in item_events if isinstance(e, it.ITEM_EVENTS)])
-            if item_state is not None:
-                item_states[item_id] = item_state
-                versions[("item", item_id)] = item_state.version
-        return state, item_states, versions
-
-    async def _view(self, evaluation_id: str) -> EvaluationView:
-        view = await self.queries.evaluation(evaluation_id)
-        if view is None:
-            raise not_found("evaluation")
-        return view
+    async def _load(self, ctx: CommandContext, evaluation_id: str) -> LoadedEvaluation:
+        """The evaluation from its streams, when it is in the caller's workspace and the
+        caller may change it."""
+        loaded = await self.repository.evaluation(evaluation_id)
+        if loaded is None or loaded.state.workspace_id != ctx.workspace_id:
+            raise NotFound(f"evaluation {evaluation_id!r}")
+        if not ctx.principal.can_manage(ctx.org_id, ctx.workspace_id, loaded.created_by):
+            role = ctx.principal.role_in(ctx.org_id)
+            if role == "member":
+                raise Forbidden("your role lets you change only evaluations you created")
+            # A viewer (or a key without a role here) changes nothing, whoever created it.
+            raise Forbidden(
+                f"your role in this org is {role or 'none'}, which only reads evaluations; "
+                "cancel and retry-failed need member (own evaluations), admin or owner"
+            )
+        return loaded
 
     def _metadata(self, ctx: CommandContext) -> codec.EventMetadata:
         return codec.EventMetadata(
@@ -445,24 +471,17 @@ def _entry(loc: Sequence[str | int]) -> str:
     return f"task_names[{loc[-1]}]"
 
 
-def _field_error(loc: Sequence[str | int], msg: str, type: str = "value_error") -> FieldError:
-    return FieldError(loc=list(loc), msg=msg, type=type)
+def _field_error(loc: Sequence[str | int], msg: str, type: str = "value_error") -> FieldProblem:
+    return FieldProblem(loc=list(loc), msg=msg, type=type)
 
 
-def _summary(errors: list[FieldError]) -> str:
-    return "; ".join(e.msg for e in errors[:5]) + (" ..." if len(errors) > 5 else "")
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+def _id_text(value: uuid.UUID | None) -> str | None:
+    """The canonical text of an id the schema decoded (how ids are stored)."""
+    return None if value is None else str(value)
 
 
 def _dataset_rows(
-    dataset: dict[str, Any] | list[Any], errors: list[FieldError]
+    dataset: dict[str, Any] | list[Any], errors: list[FieldProblem]
 ) -> list[tuple[list[str | int], str, dict[str, Any]]]:
     """Rows of `{task_name, <var>: str|int|null ...}`, as an object `{rows: [...]}` or a list."""
     base: list[str | int] = ["body", "dataset"]

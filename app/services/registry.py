@@ -445,6 +445,9 @@ def _parse_manifest(body: bytes) -> dict[str, Any]:
         manifest = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestInvalid(f"the manifest is not JSON: {exc}") from exc
+    except RecursionError:
+        # Nested past the decoder's stack (a manifest has a handful of levels): not a 500.
+        raise ManifestInvalid("the manifest nests JSON too deeply") from None
     if not isinstance(manifest, dict) or manifest.get("schemaVersion") != 2:
         raise ManifestInvalid("the manifest must be an OCI image manifest (schemaVersion 2)")
     return manifest

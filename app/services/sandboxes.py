@@ -9,18 +9,19 @@ means cancelling its evaluation, which says so in the history.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from app.errors import ApiError
+from app.services.errors import ActionFailed, Forbidden, StateConflict
 from app.services.evaluations import CommandContext, actor_of
 from domain import item as it
 from domain.projections import EvaluationView, ItemView
+from domain.timestamps import iso
 from infrastructure import codec
-from infrastructure.clock import utc_now
-from infrastructure.eventstore import ConcurrencyConflict, EventStore
+from infrastructure.clock import Clock, system_clock
+from infrastructure.eventstore import ConcurrencyConflict
 from infrastructure.queries import ReadModelQueries
+from infrastructure.repository import Repository
 from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.protocol import IsolationLevel, SandboxError
 from infrastructure.settings import Settings
@@ -42,12 +43,12 @@ class SandboxService:
     def __init__(
         self,
         *,
-        store: EventStore,
+        repository: Repository,
         queries: ReadModelQueries,
         settings: Settings,
-        clock: Callable[[], str] = utc_now,
+        clock: Clock = system_clock,
     ) -> None:
-        self.store = store
+        self.repository = repository
         self.queries = queries
         self.settings = settings
         self.clock = clock
@@ -63,20 +64,18 @@ class SandboxService:
     ) -> ItemView:
         created_by = evaluation.created_by.user_id if evaluation.created_by else None
         if not ctx.principal.can_manage(ctx.org_id, evaluation.workspace_id, created_by):
-            raise ApiError(403, "your role lets you delete only sandboxes of your evaluations")
+            raise Forbidden("your role lets you delete only sandboxes of your evaluations")
         state = sandbox_state(item)
         if state == "running":
-            raise ApiError(
-                409,
+            raise StateConflict(
                 f"the sandbox of item {item.id} is in use (item {item.status}); it is removed "
                 f"when the item ends, or cancel evaluation {evaluation.id} to stop it now",
             )
         if state == "killed":
-            raise ApiError(409, f"the sandbox of item {item.id} was already removed")
+            raise StateConflict(f"the sandbox of item {item.id} was already removed")
         provider = evaluation.config.sandbox_provider
         if provider != "local":
-            raise ApiError(
-                409,
+            raise StateConflict(
                 f"removing a kept sandbox of the {provider!r} provider is not supported by "
                 "this route; remove it with the provider's own tools",
             )
@@ -86,8 +85,7 @@ class SandboxService:
         if not kept:
             # Never record a removal that did not happen: the sandbox lives where its worker
             # ran, which may be another machine (or this server has another sandbox root).
-            raise ApiError(
-                409,
+            raise StateConflict(
                 f"the kept sandbox of item {item.id} ({location}) is not under this server's "
                 "sandbox root; delete it through a server on the machine its worker ran on",
             )
@@ -95,31 +93,24 @@ class SandboxService:
             try:
                 await local.discard(meta.id)
             except SandboxError as exc:
-                raise ApiError(500, f"cannot remove sandbox {meta.id}: {exc}") from exc
-        event = it.ItemSandboxDiscarded(
-            item_id=item.id, evaluation_id=item.evaluation_id, location=location
-        )
-        state_now = it.ItemState(
-            item_id=item.id,
-            evaluation_id=item.evaluation_id,
-            status=item.status,
-            retry_count=item.retry_count,
-            max_retries=item.max_retries,
-            version=item.version,
-        )
-        decided = it.decide(state_now, event)
+                raise ActionFailed(f"cannot remove sandbox {meta.id}: {exc}") from exc
+        loaded = await self.repository.item(item.id)
+        assert loaded is not None  # the read model showed it
+        decided = it.decide(loaded, it.DiscardSandbox(location=location))
         metadata = codec.EventMetadata(
             actor=actor_of(ctx.principal),
             request_id=ctx.request_id,
             correlation_id=ctx.request_id,
         )
         try:
-            await self.store.append(
-                codec.to_appends(decided, {("item", item.id): item.version}, metadata),
-                recorded_at=self.clock(),
+            await self.repository.commit(
+                decided,
+                versions={("item", item.id): loaded.version},
+                metadata=metadata,
+                recorded_at=iso(self.clock()),
             )
         except ConcurrencyConflict as exc:
-            raise ApiError(409, f"item {item.id} changed meanwhile; try again") from exc
+            raise StateConflict(f"item {item.id} changed meanwhile; try again") from exc
         found = await self.queries.item(item.evaluation_id, item.id)
         assert found is not None  # it was just appended to
         return found

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 
-from app.errors import ApiError, FieldError, not_found
+from app.services.errors import FieldProblem, InvalidInput, NotFound
 from domain.projections import EvaluationView, ItemView
 from infrastructure.queries import ReadModelQueries
 from infrastructure.readmodels import fold
@@ -41,9 +41,7 @@ def parse_as_of(raw: str) -> AsOf:
             f"as_of must be an event position (a whole number) or an RFC 3339 time with its "
             f"offset, such as 2026-11-30T12:00:00Z; got {raw!r}"
         )
-        raise ApiError(
-            422, message, errors=[FieldError(loc=["query", "as_of"], msg=message, type="as_of")]
-        )
+        raise InvalidInput([FieldProblem(loc=["query", "as_of"], msg=message, type="as_of")])
     return AsOf(raw, moment=moment)
 
 
@@ -77,6 +75,6 @@ async def evaluation_as_of(
     views = fold([r for r in records if r.position <= last])
     evaluation = views.evaluations.get(evaluation_id)
     if evaluation is None:
-        raise not_found(f"evaluation {evaluation_id!r} as of {as_of.raw!r} (it did not exist yet)")
+        raise NotFound(f"evaluation {evaluation_id!r} as of {as_of.raw!r} (it did not exist yet)")
     items = sorted(views.items.values(), key=lambda i: i.position)
     return PastEvaluation(evaluation=evaluation, items=items)

@@ -20,7 +20,7 @@ import contextlib
 import structlog
 
 from infrastructure.agents.protocol import TranscriptMessage
-from infrastructure.work_queue import WorkQueue
+from infrastructure.work_queue import TranscriptStore
 
 log = structlog.get_logger("assay.worker")
 
@@ -36,7 +36,7 @@ FLUSH_INTERVAL_SECONDS = 0.25
 class LiveTranscript:
     def __init__(
         self,
-        queue: WorkQueue,
+        queue: TranscriptStore,
         session_id: str,
         item_id: str,
         *,

@@ -2,9 +2,11 @@
 
 Claiming is fair across evaluations: each round offers a slot to the active evaluation with
 the fewest items in flight first (ties to the one served least recently), so a big evaluation
-cannot starve a small one created after it. A claim is an append at the item's version, so two
-workers never both claim an item, and the capacity invariant inside the append transaction
-keeps every evaluation within its `concurrency`, whichever worker claims.
+cannot starve a small one created after it. The read models only say where work may be; the
+claim itself is a command on the item's stream (app/services/items.py), appended at the
+version it was loaded at, so two workers never both claim an item, and the concurrency rule
+checked in the append transaction (infrastructure/leases.py) keeps every evaluation within its
+`concurrency`, whichever worker claims.
 """
 
 from __future__ import annotations
@@ -16,28 +18,23 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from app.services.items import ItemHandle, ItemLost, state_of
+from app.services.items import ClaimedItem, ItemLost, ItemService
+from app.services.work_signal import WorkSignal
 from app.worker.runner import ItemJob, ItemRunner
 from domain import evaluation as ev
 from domain import item as it
-from domain.errors import IllegalTransition
 from domain.projections import EvaluationView, ItemView
+from domain.timestamps import iso
 from infrastructure.agents.registry import create_agent
-from infrastructure.clock import iso, utc_now
-from infrastructure.eventstore import EventStore
+from infrastructure.clock import Clock
 from infrastructure.identity.store import IdentityStore
-from infrastructure.registry.bundles import BundleSource
-from infrastructure.sandbox.local.principals import parse_uid_range
 from infrastructure.sandbox.protocol import SandboxProvider
-from infrastructure.sandbox.registry import default_registry
+from infrastructure.sandbox.registry import ProviderRegistry
 from infrastructure.settings import Settings
-from infrastructure.tasks import TaskCatalog
 from infrastructure.work_queue import WorkerInfo, WorkQueue
 
 log = structlog.get_logger("assay.worker")
@@ -61,41 +58,34 @@ class SandboxUnavailable(Exception):
 
 
 class WorkerPool:
+    """Built by the composition root (app/composition.py) from parts it is handed."""
+
     def __init__(
         self,
         *,
         settings: Settings,
-        store: EventStore,
+        items: ItemService,
+        runner: ItemRunner,
+        providers: ProviderRegistry,
         queue: WorkQueue,
         identity: IdentityStore,
-        catalog: TaskCatalog,
+        work: WorkSignal,
+        clock: Clock,
         slots: int,
-        bundles: BundleSource | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.items = items
+        self.runner = runner
+        self.providers = providers
         self.queue = queue
         self.identity = identity
-        self.catalog = catalog
+        self.work = work
+        self.clock = clock
         self.slots = slots
         self.hostname = socket.gethostname()
         self.worker_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.runner = ItemRunner(
-            catalog=catalog,
-            bundles=bundles,
-            queue=queue,
-            clock=utc_now,
-            retry_backoff_seconds=settings.retry_backoff_seconds,
-            default_max_steps=settings.default_max_steps,
-        )
-        self.providers = default_registry(
-            Path(settings.sandbox_root),
-            isolation="weak" if settings.sandbox_isolation == "weak" else "strict",
-            uid_range=parse_uid_range(settings.sandbox_uids),
-        )
-        self._running: dict[str, tuple[asyncio.Task[None], ItemHandle]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], ClaimedItem]] = {}
         self._last_served: dict[str, float] = {}
-        self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -111,7 +101,7 @@ class WorkerPool:
                 # in the queue for a worker that can give it.
                 log.error("sandbox_unavailable", provider=name, reason=reason)
                 raise SandboxUnavailable(reason)
-        now = utc_now()
+        now = iso(self.clock())
         await self.queue.register_worker(
             WorkerInfo(
                 id=self.worker_id,
@@ -141,7 +131,7 @@ class WorkerPool:
     async def stop(self) -> None:
         """Stop claiming, let running items end, and leave the registry."""
         self._stopping = True
-        self._wake.set()
+        self.work.notify()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -151,10 +141,6 @@ class WorkerPool:
         await asyncio.gather(*running, return_exceptions=True)
         await self.queue.unregister_worker(self.worker_id)
         log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=len(running))
-
-    def wake(self) -> None:
-        """New work may be claimable (an evaluation was created or reopened in this process)."""
-        self._wake.set()
 
     # ---- claiming ----
 
@@ -167,9 +153,7 @@ class WorkerPool:
                 except Exception as exc:
                     log.error("claim_failed", exc_info=exc)
             if claimed == 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+                await self.work.wait(self.settings.poll_seconds)
 
     async def _claim_round(self) -> int:
         if len(self._running) >= self.slots:
@@ -187,7 +171,7 @@ class WorkerPool:
             )
         )
         free = self.slots - len(self._running)
-        now = iso(datetime.now(UTC))
+        now = iso(self.clock())
         candidates: list[tuple[EvaluationView, list[ItemView]]] = []
         for evaluation in evaluations:
             room = min(free, evaluation.config.concurrency - ev.in_flight(evaluation.item_counts))
@@ -205,57 +189,36 @@ class WorkerPool:
             for evaluation, views in candidates:
                 if views and len(picks) < free:
                     picks.append((evaluation, views.pop(0)))
-        claimed = await asyncio.gather(*(self._claim(e, v) for e, v in picks))
-        for (evaluation, _), ok in zip(picks, claimed, strict=True):
-            if ok:
-                self._last_served[evaluation.id] = time.monotonic()
-        return sum(claimed)
+        evaluation_of = {view.id: evaluation for evaluation, view in picks}
+        claimed = await self.items.claim([view.id for _, view in picks], self.worker_id)
+        for item in claimed:
+            evaluation = evaluation_of[item.item_id]
+            self._last_served[evaluation.id] = time.monotonic()
+            await self._start(item, evaluation)
+        return len(claimed)
 
-    async def _claim(self, evaluation: EvaluationView, view: ItemView) -> bool:
-        handle = ItemHandle(self.store, state_of(view), utc_now, self.worker_id)
-        lease = iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
-        try:
-            # Provisioning starts the moment the claim lands: both in one append.
-            await handle.apply(
-                it.ItemClaimed(
-                    item_id=view.id,
-                    evaluation_id=view.evaluation_id,
-                    worker_id=self.worker_id,
-                    lease_expires_at=lease,
-                ),
-                it.ItemProvisioning(item_id=view.id, evaluation_id=view.evaluation_id),
-            )
-        except ItemLost:
-            return False  # another worker took it, or the evaluation is at its concurrency
+    async def _start(self, item: ClaimedItem, evaluation: EvaluationView) -> None:
         log.info(
             "item_claimed",
-            item_id=view.id,
-            evaluation_id=view.evaluation_id,
-            task=view.task_ref,
+            item_id=item.item_id,
+            evaluation_id=evaluation.id,
+            task=item.state.task_ref,
             worker_id=self.worker_id,
-            attempt=view.retry_count + 1,
+            attempt=item.state.retry_count + 1,
         )
         try:
-            job = await self._job(handle, view, evaluation)
+            job = await self._job(item, evaluation)
         except Exception as exc:
-            log.error("job_setup_failed", item_id=view.id, exc_info=exc)
-            job = None
-        if job is None:
-            await handle.apply(
-                it.ItemInfraFailed(
-                    item_id=view.id,
-                    evaluation_id=view.evaluation_id,
-                    error="worker could not prepare the item (agent, provider or secrets)",
-                    will_retry=True,
-                    retry_not_before=iso(
-                        datetime.now(UTC) + timedelta(seconds=self.settings.retry_backoff_seconds)
-                    ),
+            log.error("job_setup_failed", item_id=item.item_id, exc_info=exc)
+            with contextlib.suppress(ItemLost):  # cancelled meanwhile
+                await item.execute(
+                    self.items.infra_failure(
+                        "worker could not prepare the item (agent, provider or secrets)"
+                    )
                 )
-            )
-            return True
-        task = asyncio.create_task(self._run(job), name=f"item:{view.id}")
-        self._running[view.id] = (task, handle)
-        return True
+            return
+        task = asyncio.create_task(self._run(job), name=f"item:{item.item_id}")
+        self._running[item.item_id] = (task, item)
 
     async def _run(self, job: ItemJob) -> None:
         try:
@@ -263,14 +226,12 @@ class WorkerPool:
         finally:
             # Only our own entry: the same item may already run again here (cancelled,
             # requeued and re-claimed while this run wound down).
-            entry = self._running.get(job.item.id)
+            entry = self._running.get(job.item_id)
             if entry is not None and entry[0] is asyncio.current_task():
-                del self._running[job.item.id]
-            self._wake.set()
+                del self._running[job.item_id]
+            self.work.notify()
 
-    async def _job(
-        self, handle: ItemHandle, view: ItemView, evaluation: EvaluationView
-    ) -> ItemJob | None:
+    async def _job(self, item: ClaimedItem, evaluation: EvaluationView) -> ItemJob:
         config = evaluation.config
         agent_name = ev.chosen_agent(config.agent_type, config.capability)
         extras: dict[str, Any] = {}
@@ -294,8 +255,8 @@ class WorkerPool:
             extras = {"base_url": base_url, "api_key": api_key}
         provider: SandboxProvider = self.providers.get(config.sandbox_provider)
         return ItemJob(
-            handle=handle,
-            item=view,
+            claimed=item,
+            worker_id=self.worker_id,
             evaluation=evaluation,
             agent_name=agent_name,
             agent=create_agent(agent_name),
@@ -327,48 +288,17 @@ class WorkerPool:
             log.error("maintenance_failed", step=name, exc_info=exc)
 
     async def _heartbeat(self) -> None:
-        await self.queue.heartbeat(self.worker_id, utc_now())
+        await self.queue.heartbeat(self.worker_id, iso(self.clock()))
 
     async def _renew_leases(self) -> None:
-        lease = iso(datetime.now(UTC) + timedelta(seconds=self.settings.lease_seconds))
-        for item_id, (_task, handle) in list(self._running.items()):
-            if handle.status not in it.IN_FLIGHT:
-                continue
-            # ItemLost: the runner finds out at its next step. IllegalTransition: the item ended
-            # while this renewal waited for the handle.
-            with contextlib.suppress(ItemLost, IllegalTransition):
-                await handle.apply(
-                    it.ItemLeaseRenewed(
-                        item_id=item_id,
-                        evaluation_id=handle.state.evaluation_id,
-                        worker_id=self.worker_id,
-                        lease_expires_at=lease,
-                    )
-                )
+        """One statement for every item this worker holds; nothing goes into the log."""
+        held = [i for i, (_, item) in self._running.items() if item.state.status in it.IN_FLIGHT]
+        await self.items.renew(self.worker_id, held)
 
     async def _expire_leases(self) -> None:
         """Take back items whose worker stopped renewing (it died): retried or infra_error."""
-        now = iso(datetime.now(UTC))
-        for view in await self.queue.in_flight_items():
-            if view.id in self._running or view.lease_expires_at is None:
-                continue
-            if view.lease_expires_at >= now:
-                continue
-            handle = ItemHandle(self.store, state_of(view), utc_now, self.worker_id)
-            try:
-                await handle.apply(
-                    it.ItemInfraFailed(
-                        item_id=view.id,
-                        evaluation_id=view.evaluation_id,
-                        error=f"worker {view.worker_id} lost its lease",
-                        will_retry=True,
-                        retry_not_before=now,
-                    )
-                )
-                log.warning("lease_expired", item_id=view.id, worker_id=view.worker_id)
-                self._wake.set()
-            except ItemLost:
-                pass  # renewed or taken meanwhile
+        if await self.items.expire_leases(exclude=set(self._running)):
+            self.work.notify()
 
     async def _reap_orphans(self) -> None:
         live = frozenset(

@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import structlog
 
-from app.services.items import ItemHandle, ItemLost
+from app.services.items import ClaimedItem, ItemLost, ItemService
 from app.worker.live_transcript import LiveTranscript
 from app.worker.verification import (
     CheckerBroke,
@@ -35,7 +34,8 @@ from app.worker.verification import (
     run_task_script,
 )
 from domain import item as it
-from domain.projections import EvaluationView, ItemView
+from domain.errors import IllegalTransition
+from domain.projections import EvaluationView
 from infrastructure.agents.protocol import (
     Agent,
     AgentContext,
@@ -43,7 +43,6 @@ from infrastructure.agents.protocol import (
     AgentOutcome,
     redact,
 )
-from infrastructure.clock import iso
 from infrastructure.eventstore import SideWrite
 from infrastructure.registry.bundles import BundleSource
 from infrastructure.sandbox.protocol import (
@@ -63,7 +62,7 @@ from infrastructure.tasks import (
     parse_provision_output,
     variables_environment,
 )
-from infrastructure.work_queue import WorkQueue
+from infrastructure.work_queue import TranscriptStore
 
 log = structlog.get_logger("assay.worker")
 T = TypeVar("T")
@@ -99,8 +98,8 @@ class ItemJob:
     def __init__(
         self,
         *,
-        handle: ItemHandle,
-        item: ItemView,
+        claimed: ClaimedItem,
+        worker_id: str,
         evaluation: EvaluationView,
         agent_name: str,
         agent: Agent,
@@ -108,8 +107,8 @@ class ItemJob:
         context_extras: Mapping[str, Any],
         secrets_env: Mapping[str, str],
     ) -> None:
-        self.handle = handle
-        self.item = item
+        self.claimed = claimed
+        self.worker_id = worker_id
         self.evaluation = evaluation
         self.agent_name = agent_name
         self.agent = agent
@@ -121,24 +120,35 @@ class ItemJob:
         # The agent's transcript, waiting for the item's next append (see ItemRunner._record).
         self.transcript_write: SideWrite | None = None
 
+    @property
+    def item(self) -> it.ItemState:
+        """The item as this worker last appended it (what to run is fixed at create)."""
+        return self.claimed.state
+
+    @property
+    def item_id(self) -> str:
+        return self.claimed.item_id
+
+    @property
+    def evaluation_id(self) -> str:
+        return self.evaluation.id
+
 
 class ItemRunner:
     def __init__(
         self,
         *,
         catalog: TaskCatalog,
-        queue: WorkQueue,
-        clock: Callable[[], str],
-        retry_backoff_seconds: float,
+        items: ItemService,
+        transcripts: TranscriptStore,
         default_max_steps: int,
         bundles: BundleSource | None = None,
     ) -> None:
         self.catalog = catalog
         # Where an item's recorded bundle digest is fetched from (the registry's blobs).
         self.bundles = bundles
-        self.queue = queue
-        self.clock = clock
-        self.retry_backoff_seconds = retry_backoff_seconds
+        self.items = items
+        self.transcripts = transcripts
         self.default_max_steps = default_max_steps
 
     async def run(self, job: ItemJob) -> None:
@@ -151,20 +161,20 @@ class ItemRunner:
         except asyncio.CancelledError:
             if not (watcher.done() and not watcher.cancelled() and watcher.result()):
                 raise  # our own task was cancelled (shutdown), not the item lost
-            log.info("item_lost", item_id=job.item.id, reason="moved by someone else")
+            log.info("item_lost", item_id=job.item_id, reason="moved by someone else")
         finally:
             watcher.cancel()
 
     async def _watch(self, job: ItemJob, work: asyncio.Future[None]) -> bool:
         """Poll the item's stream version: any append this worker did not make means the item
         is no longer this run's (a status check alone misses cancel + retry + re-claim)."""
-        handle = job.handle
+        claimed = job.claimed
         while not work.done():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
-            stored = await self.queue.item_version(job.item.id)
-            if handle.busy:
-                continue  # our own append may have committed before the handle caught up
-            if stored is None or stored > handle.state.version:
+            stored = await self.items.stored_version(claimed.item_id)
+            if claimed.busy:
+                continue  # our own append may have committed before the item caught up
+            if stored > claimed.state.version:
                 if job.sandbox is not None:
                     await job.sandbox.kill_all()
                 work.cancel()
@@ -176,11 +186,11 @@ class ItemRunner:
         timeout_sec, timeout_source = item_timeout(job.item, config.task_timeout_sec)
         deadline = Deadline(timeout_sec)
         redactions = tuple(job.secrets_env.values())
-        # Events that go into the ending's append: the agent's finish when nothing that takes
+        # Commands that go into the ending's append: the agent's finish when nothing that takes
         # time follows it (an in-process flag check, or a deadline already passed). One append
         # instead of two is a commit less per item; agent_result keeps the agent's own timing.
-        prelude: list[it.AnyItemEvent] = []
-        ending: it.AnyItemEvent | None = None
+        prelude: list[it.AnyItemCommand] = []
+        ending: it.AnyItemCommand | None = None
         try:
             task = await self._task(job)
             # Dataset row variables over task_config: template values, and environment
@@ -201,12 +211,8 @@ class ItemRunner:
             # The agent's turn is over: every process it started dies before anything is
             # verified, however it detached, so nothing it left can touch what is checked.
             await sandbox.kill_all()
-            finished = it.ItemAgentFinished(
-                item_id=job.item.id,
-                evaluation_id=config_id(job),
-                agent_result=outcome.agent_result(job.agent_name),
-            )
-            verifying = it.ItemVerifying(item_id=job.item.id, evaluation_id=config_id(job))
+            finished = it.FinishAgent(agent_result=outcome.agent_result(job.agent_name))
+            verifying = it.StartVerifying()
             try:
                 deadline.remaining()
             except DeadlinePassed:
@@ -233,29 +239,19 @@ class ItemRunner:
                     redactions=redactions,
                 )
             await self._teardown(task, sandbox, scripts_env)
-            ending = it.ItemVerdict(
-                item_id=job.item.id, evaluation_id=config_id(job), passed=passed, result=result
-            )
+            ending = it.RecordVerdict(passed=passed, result=result)
         except ItemLost as exc:
-            log.info("item_lost", item_id=job.item.id, reason=str(exc))
+            log.info("item_lost", item_id=job.item_id, reason=str(exc))
             return
         except DeadlinePassed:
-            ending = it.ItemTimedOut(
-                item_id=job.item.id,
-                evaluation_id=config_id(job),
-                error=f"{TIMEOUT_NAMES[timeout_source]} ({timeout_sec}s) exceeded",
-            )
+            ending = it.TimeOut(error=f"{TIMEOUT_NAMES[timeout_source]} ({timeout_sec}s) exceeded")
         except (CheckerBroke, TaskUnrunnable, TaskScriptOutputError, AgentErrored) as exc:
-            ending = it.ItemErrored(
-                item_id=job.item.id,
-                evaluation_id=config_id(job),
-                error=redact(str(exc), redactions),
-            )
+            ending = it.EndErrored(error=redact(str(exc), redactions))
         except (SandboxError, AgentInfraError) as exc:
-            ending = self._infra_failure(job, redact(f"{type(exc).__name__}: {exc}", redactions))
+            ending = self.items.infra_failure(redact(f"{type(exc).__name__}: {exc}", redactions))
         except Exception as exc:  # a bug in the engine must not strand the item in flight
-            log.error("runner_failed", item_id=job.item.id, exc_info=exc)
-            ending = self._infra_failure(job, f"worker error: {type(exc).__name__}")
+            log.error("runner_failed", item_id=job.item_id, exc_info=exc)
+            ending = self.items.infra_failure(f"worker error: {type(exc).__name__}")
         finally:
             # Clean up before the ending is recorded: once an item has ended, its sandbox is
             # gone (or kept, and the same append says where). Cancellation cleans up too, and
@@ -278,15 +274,15 @@ class ItemRunner:
         except UnknownTask as exc:
             raise TaskUnrunnable(
                 f"task {item.task_ref!r} is not in the task folders of worker "
-                f"{job.handle.worker_id} (the API accepted it: start this worker with the "
+                f"{job.worker_id} (the API accepted it: start this worker with the "
                 "same ASSAY_TASK_PATHS as the API)"
             ) from exc
 
-    async def _record(self, job: ItemJob, *events: it.AnyItemEvent) -> None:
+    async def _record(self, job: ItemJob, *commands: it.AnyItemCommand) -> None:
         """Append the item's next events; the agent's transcript, once there is one, goes into
         the same transaction (it becomes visible with them, and costs no commit of its own)."""
         side_writes = [job.transcript_write] if job.transcript_write is not None else []
-        await job.handle.apply(*events, side_writes=side_writes)
+        await job.claimed.execute(*commands, side_writes=side_writes)
         job.transcript_write = None
 
     # ---- phases ----
@@ -298,8 +294,8 @@ class ItemRunner:
         if problems:
             raise TaskUnrunnable("; ".join(problems))
         spec = SandboxSpec(
-            item_id=job.item.id,
-            worker_id=job.handle.worker_id,
+            item_id=job.item_id,
+            worker_id=job.worker_id,
             egress=egress_policy(task.egress_allow, job.evaluation.config.egress_overrides),
             services=task.services,
             env={**variables_env, **job.secrets_env},
@@ -374,17 +370,11 @@ class ItemRunner:
         """`variables`: the template values (row, task_config, provision's output)."""
         session_id = str(uuid.uuid4())
         await self._record(
-            job,
-            it.ItemAgentStarted(
-                item_id=job.item.id,
-                evaluation_id=config_id(job),
-                session_id=session_id,
-                isolation=dict(sandbox.isolation),
-            ),
+            job, it.StartAgent(session_id=session_id, isolation=dict(sandbox.isolation))
         )
         # The transcript is stored as the agent records it (side data, never events), so it
         # can be read while the agent runs; see app/worker/live_transcript.py.
-        live = LiveTranscript(self.queue, session_id, job.item.id)
+        live = LiveTranscript(self.transcripts, session_id, job.item_id)
         config = job.evaluation.config
         context = AgentContext(
             task=task,
@@ -416,14 +406,14 @@ class ItemRunner:
         except Exception as exc:
             await live.stop(flush=True)
             # A bug in the agent: the same agent on the same task crashes the same way again.
-            log.warning("agent_crashed", item_id=job.item.id, agent=job.agent_name, exc_info=exc)
+            log.warning("agent_crashed", item_id=job.item_id, agent=job.agent_name, exc_info=exc)
             raise AgentErrored(
                 f"agent {job.agent_name} crashed: {type(exc).__name__}: {exc}"
             ) from exc
         await live.stop()
         # What the live writer has not stored yet goes with the item's next append.
-        job.transcript_write = self.queue.transcript_write(
-            session_id, job.item.id, outcome.transcript, after_seq=live.stored_seq
+        job.transcript_write = self.transcripts.transcript_write(
+            session_id, job.item_id, outcome.transcript, after_seq=live.stored_seq
         )
         if outcome.stop_reason == "timeout":
             raise DeadlinePassed()
@@ -431,53 +421,37 @@ class ItemRunner:
 
     # ---- endings ----
 
-    async def _end(self, job: ItemJob, events: list[it.AnyItemEvent]) -> None:
+    async def _end(self, job: ItemJob, commands: list[it.AnyItemCommand]) -> None:
         try:
-            await self._record(job, *events)
+            await self._record(job, *commands)
         except ItemLost as exc:
-            log.info("item_lost", item_id=job.item.id, reason=str(exc))
+            log.info("item_lost", item_id=job.item_id, reason=str(exc))
             return
-        for event in events:
-            log_ending(job, event)
-
-    def _infra_failure(self, job: ItemJob, error: str) -> it.ItemInfraFailed:
-        backoff = self.retry_backoff_seconds * (2**job.handle.state.retry_count)
-        not_before = datetime.now(UTC) + timedelta(seconds=backoff)
-        return it.ItemInfraFailed(
-            item_id=job.item.id,
-            evaluation_id=config_id(job),
-            error=error,
-            will_retry=True,  # the domain decides whether retries are left
-            retry_not_before=iso(not_before),
-        )
+        for command in commands:
+            log_ending(job, command)
 
     async def _clean_up(
-        self, job: ItemJob, prelude: list[it.AnyItemEvent], ending: it.AnyItemEvent | None
-    ) -> it.ItemSandboxKept | None:
-        """Destroy the sandbox, or keep it (cleanup_policy on_success, the item ending without
-        a pass) and return the event that records where. `prelude` is what the ending's append
-        records before it."""
+        self, job: ItemJob, prelude: list[it.AnyItemCommand], ending: it.AnyItemCommand | None
+    ) -> it.KeepSandbox | None:
+        """Destroy the sandbox, or keep it as the domain's keep-or-destroy rule says and return
+        the command that records where. `prelude` is what the ending's append records first."""
         sandbox = job.sandbox
         if sandbox is None:
             return None
-        state = job.handle.state
-        status = state.status
-        for event in prelude:
-            status = it.status_after(status, event)
-        final = ending is not None and it.status_after(status, ending) in it.TERMINAL
-        if isinstance(ending, it.ItemInfraFailed) and state.retry_count < state.max_retries:
-            final = False  # it will be retried, in a fresh sandbox
-        passed = isinstance(ending, it.ItemVerdict) and ending.passed
-        keep = job.evaluation.config.cleanup_policy == "on_success" and final and not passed
+        keep = False
+        if ending is not None:
+            try:
+                after = job.claimed.preview(*prelude, ending)
+                keep = it.keeps_sandbox(job.evaluation.config.cleanup_policy, after.status)
+            except IllegalTransition:
+                keep = False  # the ending will be refused too; nothing to keep it for
         try:
             if keep:
                 await sandbox.keep()
-                return it.ItemSandboxKept(
-                    item_id=job.item.id, evaluation_id=config_id(job), location=sandbox.location
-                )
+                return it.KeepSandbox(location=sandbox.location)
             await sandbox.destroy()
         except SandboxError as exc:
-            log.warning("sandbox_cleanup_failed", item_id=job.item.id, error=str(exc))
+            log.warning("sandbox_cleanup_failed", item_id=job.item_id, error=str(exc))
         return None
 
 
@@ -499,14 +473,14 @@ async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     return result
 
 
-def log_ending(job: ItemJob, event: it.AnyItemEvent) -> None:
+def log_ending(job: ItemJob, command: it.AnyItemCommand) -> None:
     """One line per way an item ends (or goes back to the queue), for the operator."""
-    state = job.handle.state
-    where = {"item_id": job.item.id, "evaluation_id": job.item.evaluation_id}
-    match event:
-        case it.ItemVerdict(passed=passed):
-            log.info("item_verdict", **where, passed=passed, task=job.item.task_ref)
-        case it.ItemInfraFailed(error=error, retry_not_before=not_before):
+    state = job.item
+    where = {"item_id": job.item_id, "evaluation_id": job.evaluation_id}
+    match command:
+        case it.RecordVerdict(passed=passed):
+            log.info("item_verdict", **where, passed=passed, task=state.task_ref)
+        case it.ReportInfraFailure(error=error):
             # The domain decided whether a retry is left: the item is queued again, or ended.
             retrying = state.status == "queued"
             log.warning("item_infra_error", **where, error=error, will_retry=retrying)
@@ -516,11 +490,11 @@ def log_ending(job: ItemJob, event: it.AnyItemEvent) -> None:
                     **where,
                     retry=state.retry_count,
                     max_retries=state.max_retries,
-                    not_before=not_before,
+                    not_before=state.retry_not_before,
                 )
-        case it.ItemErrored(error=error):
+        case it.EndErrored(error=error):
             log.warning("item_errored", **where, error=error)
-        case it.ItemTimedOut(error=error):
+        case it.TimeOut(error=error):
             log.warning("item_timed_out", **where, error=error)
         case _:
             pass
@@ -534,19 +508,12 @@ TIMEOUT_NAMES: dict[str, str] = {
 }
 
 
-def item_timeout(item: ItemView, evaluation_timeout_sec: int) -> tuple[int, str]:
+def item_timeout(item: it.ItemState, evaluation_timeout_sec: int) -> tuple[int, str]:
     """The item's wall-clock bound in seconds and its source, as recorded at create; items
     queued before that was recorded run under the evaluation's task_timeout_sec."""
-    recorded = item.metadata_json.get("timeout")
-    if isinstance(recorded, dict):
-        seconds, source = recorded.get("seconds"), recorded.get("source")
-        if isinstance(seconds, int) and seconds >= 1 and source in TIMEOUT_NAMES:
-            return seconds, str(source)
+    if item.timeout_sec is not None and item.timeout_source in TIMEOUT_NAMES:
+        return item.timeout_sec, item.timeout_source
     return evaluation_timeout_sec, "evaluation"
-
-
-def config_id(job: ItemJob) -> str:
-    return job.item.evaluation_id
 
 
 def egress_policy(

@@ -38,3 +38,17 @@ transcript_messages = sa.Table(
     sa.Column("created_at", TIME, nullable=False),
     sa.Index("ix_transcript_messages_item", "item_id"),
 )
+
+# Which worker holds which in-flight item, until when. Bookkeeping, not history: a claim and
+# an item's leaving flight are events (the lease book follows them in the same transaction),
+# but a renewal only moves `expires_at` here, so the log is not filled with heartbeats.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("item_id", ID, primary_key=True),
+    sa.Column("evaluation_id", ID, nullable=False),
+    sa.Column("worker_id", sa.String(128), nullable=False),
+    sa.Column("expires_at", TIME, nullable=False),
+    sa.Index("ix_leases_evaluation", "evaluation_id"),
+    sa.Index("ix_leases_expires_at", "expires_at"),
+)

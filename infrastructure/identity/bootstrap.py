@@ -7,7 +7,6 @@ only once and the previous one cannot be printed again.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -44,13 +43,6 @@ class BootstrapResult(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     __str__ = __repr__
-
-
-def default_username(email: str) -> str:
-    """The local part of the address, reduced to what a username may hold."""
-    local = re.sub(r"[^a-z0-9._-]", "", email.split("@", 1)[0].lower())
-    local = local.lstrip("._-")[:64]
-    return local or "user"
 
 
 async def bootstrap(
@@ -103,11 +95,11 @@ async def bootstrap(
             org.id, workspace_key, workspace_name or workspace_key, is_default=first_workspace
         ),
     )
-    name = username or default_username(email)
     user = await ensure(
         "user",
         lambda: store.get_user_by_email(email),
-        lambda: store.create_user(email, name, full_name if full_name is not None else name),
+        # Without a username the store derives a free one from the email (owner, owner-2).
+        lambda: store.create_user(email, username, full_name),
     )
     membership = await ensure(
         "membership",

@@ -49,6 +49,17 @@ CLEAR_DEFAULT_WS = (
 )
 USER_BY_ID = _one_by(users, "id")
 USER_BY_EMAIL = _one_by(users, "email")
+# Usernames a derived one could collide with; bind `like_prefix(...)` (usernames hold no "/").
+USERNAMES_LIKE = sa.select(users.c.username).where(
+    users.c.username.like(_b("p_pattern"), escape="/")
+)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern for values starting with `prefix`, its `_` and `%` taken literally."""
+    return prefix.replace("/", "//").replace("_", "/_").replace("%", "/%") + "%"
+
+
 MEMBERSHIP = _one_by(memberships, "org_id", "user_id")
 ROLES_OF_USER = sa.select(memberships.c.org_id, memberships.c.role).where(
     memberships.c.user_id == _b("p_user_id")

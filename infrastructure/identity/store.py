@@ -11,8 +11,19 @@ from infrastructure.identity import queries as q
 from infrastructure.identity import validation as check
 from infrastructure.identity.base import as_row, new_id
 from infrastructure.identity.keys import KeyStore
-from infrastructure.identity.records import Membership, Org, Project, Runtime, User, Workspace
+from infrastructure.identity.records import (
+    AlreadyExists,
+    Membership,
+    Org,
+    Project,
+    Runtime,
+    User,
+    Workspace,
+)
 from infrastructure.identity.vault import SecretVault
+
+# Rounds of read-free-name-then-insert when concurrent inserts keep taking the name.
+USERNAME_RACE_RETRIES = 5
 
 
 class IdentityStore(KeyStore, SecretVault):
@@ -94,13 +105,38 @@ class IdentityStore(KeyStore, SecretVault):
 
     # -- users and memberships ----------------------------------------------------------
 
-    async def create_user(self, email: str, username: str, full_name: str) -> User:
+    async def create_user(
+        self, email: str, username: str | None = None, full_name: str | None = None
+    ) -> User:
+        """A new user. A username given is taken as it is (`AlreadyExists` when another user
+        has it); without one it is derived from the email's local part, with the first free
+        numeric suffix when another user has that (`owner`, `owner-2`, ...), so two orgs can
+        each have an `owner@` user. `full_name` defaults to the username."""
+        if username is not None:
+            return await self._insert_user(email, check.username(username), full_name)
+        base = check.username_from_email(email)
+        for _attempt in range(USERNAME_RACE_RETRIES):
+            # base[:56]: a long base is cut to make room for its suffix (see free_username).
+            rows = await self._fetch_all(q.USERNAMES_LIKE, p_pattern=q.like_prefix(base[:56]))
+            taken = {str(row["username"]) for row in rows}
+            try:
+                return await self._insert_user(email, check.free_username(base, taken), full_name)
+            except AlreadyExists:
+                # The unique constraint refused it: either the email is taken (final) or a
+                # concurrent insert took the same username between our read and our write.
+                if await self.get_user_by_email(email) is not None:
+                    raise
+        raise AlreadyExists(f"a username derived from {email!r} (kept being taken; try again)")
+
+    async def _insert_user(self, email: str, username: str, full_name: str | None) -> User:
         now = utc_now()
         user = User(
             id=new_id(),
             email=check.email(email),
-            username=check.username(username),
-            full_name=check.text(full_name, "full name", allow_empty=True),
+            username=username,
+            full_name=check.text(
+                full_name if full_name is not None else username, "full name", allow_empty=True
+            ),
             created_at=now,
             updated_at=now,
         )

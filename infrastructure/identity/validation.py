@@ -52,6 +52,26 @@ def username(value: str) -> str:
     return value
 
 
+def username_from_email(email: str) -> str:
+    """The local part of the address, reduced to what a username may hold."""
+    local = re.sub(r"[^a-z0-9._-]", "", email.split("@", 1)[0].lower())
+    local = local.lstrip("._-")[:64]
+    return local or "user"
+
+
+def free_username(base: str, taken: set[str]) -> str:
+    """`base`, else `base-2`, `base-3`, ...: the first that is not taken (at most 64 chars)."""
+    if base not in taken:
+        return base
+    suffix = 2
+    while True:
+        tail = f"-{suffix}"
+        candidate = base[: 64 - len(tail)] + tail
+        if candidate not in taken:
+            return candidate
+        suffix += 1
+
+
 def role(value: str) -> Role:
     for name in ROLE_NAMES:
         if value == name:

@@ -15,12 +15,11 @@ from typing import Any
 
 import httpx
 
+from app.composition import open_store
 from domain import item as it
 from infrastructure import codec
 from infrastructure.clock import utc_now
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
-from infrastructure.readmodels import Projector
 from tests.app.dn_client import LiveServer
 
 
@@ -103,7 +102,7 @@ class SimulatedWorker:
 
     async def _run(self) -> None:
         engine = create_engine(self.database_url)
-        store = EventStore(engine, in_transaction=Projector())
+        store = open_store(engine)[0]
         try:
             for index, item_id in enumerate(self.item_ids):
                 ids = {"item_id": item_id, "evaluation_id": self.evaluation_id}

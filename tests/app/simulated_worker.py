@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from app.composition import open_store
 from domain import item as it
 from infrastructure import codec
 from infrastructure.clock import utc_now
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
 from infrastructure.queries import ReadModelQueries
-from infrastructure.readmodels import Projector
 from tests.app.conftest import Api
 
 SETTLE_SECONDS = 10.0
@@ -22,7 +21,7 @@ SETTLE_SECONDS = 10.0
 def worker_moves(api: Api, evaluation_id: str, item_id: str, *events: it.AnyItemEvent) -> None:
     async def append() -> tuple[str, dict[str, int]]:
         engine = create_engine(api.settings.database_url)
-        store = EventStore(engine, in_transaction=Projector())
+        store = open_store(engine)[0]
         try:
             version = len(await store.read_stream("item", item_id))
             await store.append(

@@ -254,3 +254,60 @@ def test_secret_value_comes_from_stdin_or_a_prompt_and_is_never_printed(
 def test_database_that_is_not_migrated_is_a_clean_error(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/empty.db"
     clean_error(admin(url, "list-keys", "--email", "a@x.io"), "assay db upgrade")
+
+
+def user_of(url: str, raw_key: str) -> tuple[str, str]:
+    principal = authenticate(url, raw_key)
+    assert principal is not None
+    return principal.user.email, principal.user.username
+
+
+def test_two_orgs_each_bootstrap_an_owner_at_user(database_url: str) -> None:
+    keys = []
+    for org in ("alpha", "beta", "gamma"):
+        result = ok(
+            admin(
+                database_url,
+                "bootstrap",
+                "--org",
+                org,
+                "--workspace",
+                "main",
+                "--email",
+                f"owner@{org}.example.com",
+                "--json",
+            )
+        )
+        keys.append(json.loads(result.stdout)["api_key"])
+
+    users = [user_of(database_url, key) for key in keys]
+    assert users == [
+        ("owner@alpha.example.com", "owner"),
+        ("owner@beta.example.com", "owner-2"),
+        ("owner@gamma.example.com", "owner-3"),
+    ]
+
+
+def test_add_user_without_a_username_derives_a_free_one(database_url: str) -> None:
+    bootstrap_json(database_url)  # user a@x.io, username `a`
+
+    added = ok(admin(database_url, "add-user", "--email", "a@other.example"))
+
+    assert "username=a-2" in added.stdout
+    clean_error(
+        admin(database_url, "add-user", "--email", "new@x.io", "--username", "a"),
+        "already exists",
+    )
+
+
+def test_every_sub_command_family_is_registered_under_a_name_that_says_what_it_is() -> None:
+    commands = {name: command.callback.__name__ for name, command in main.commands.items()}
+
+    assert commands == {
+        "admin": "admin_commands",
+        "db": "db_commands",
+        "projections": "projection_commands",
+        "serve": "serve_command",
+        "tasks": "task_commands",
+        "worker": "worker_command",
+    }

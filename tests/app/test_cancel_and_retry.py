@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from app.composition import open_store
 from domain import item as it
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
 from infrastructure.identity.bootstrap import bootstrap
 from tests.app.conftest import Api, run_identity
 from tests.app.http_helpers import assert_envelope, created, items_of
@@ -18,7 +18,7 @@ def last_position(url: str) -> int:
     async def main() -> int:
         engine = create_engine(url)
         try:
-            return await EventStore(engine).last_position()
+            return await open_store(engine)[0].last_position()
         finally:
             await engine.dispose()
 

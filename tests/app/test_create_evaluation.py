@@ -8,8 +8,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from app.composition import open_store
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore
 from tests.app.conftest import Api, run_identity
 from tests.app.http_helpers import assert_envelope, items_of
 
@@ -69,7 +69,7 @@ def last_position(url: str) -> int:
     async def main() -> int:
         engine = create_engine(url)
         try:
-            return await EventStore(engine).last_position()
+            return await open_store(engine)[0].last_position()
         finally:
             await engine.dispose()
 
@@ -268,6 +268,17 @@ def test_concurrency_outside_1_to_100_is_422_at_concurrency(api: Api) -> None:
     assert api.create(concurrency=1).status_code == 201
 
 
+def test_the_concurrency_bound_of_the_schema_is_the_domains(api: Api) -> None:
+    from domain.evaluation import MAX_CONCURRENCY
+
+    schema = api.client.get("/schema/openapi.json").json()
+    spec = schema["components"]["schemas"]["CreateEvaluationRequest"]["properties"]
+    assert spec["concurrency"]["maximum"] == MAX_CONCURRENCY
+    assert f"1-{MAX_CONCURRENCY}" in spec["concurrency"]["description"]
+    assert api.create(concurrency=MAX_CONCURRENCY).status_code == 201
+    assert_422_at(api.create(concurrency=MAX_CONCURRENCY + 1), "concurrency")
+
+
 def test_task_timeout_below_one_second_is_422_at_task_timeout_sec(api: Api) -> None:
     assert_422_at(api.create(task_timeout_sec=0), "task_timeout_sec")
     assert api.create(task_timeout_sec=1).status_code == 201
@@ -387,12 +398,17 @@ def test_project_and_runtime_not_in_the_workspace_are_404(api: Api) -> None:
     for field, value in (
         ("project_id", ids["project"]),
         ("project_id", str(uuid.uuid4())),
-        ("project_id", "not-a-uuid"),
         ("runtime_id", ids["runtime"]),
         ("runtime_id", str(uuid.uuid4())),
-        ("runtime_id", "not-a-uuid"),
     ):
         assert_envelope(api.create(**{field: value}), 404, "not_found")
+
+
+def test_project_and_runtime_ids_that_are_not_uuids_are_422_naming_the_field(api: Api) -> None:
+    for field in ("project_id", "runtime_id"):
+        for value in ("not-a-uuid", "", "0a1b2c3d", 42):
+            body = assert_422_at(api.create(**{field: value}), field)
+            assert len(body["errors"]) == 1, body
 
 
 def test_secret_ids_that_are_not_the_callers_are_404(api: Api) -> None:
@@ -407,8 +423,13 @@ def test_secret_ids_that_are_not_the_callers_are_404(api: Api) -> None:
     assert_envelope(api.create(secret_ids=[theirs]), 404, "not_found")
     assert_envelope(api.create(secret_ids=[mine, theirs]), 404, "not_found")
     assert_envelope(api.create(secret_ids=[str(uuid.uuid4())]), 404, "not_found")
-    assert_envelope(api.create(secret_ids=["garbage"]), 404, "not_found")
     assert api.create(secret_ids=[mine]).status_code == 201
+
+
+def test_secret_ids_that_are_not_uuids_are_422_naming_the_entry(api: Api) -> None:
+    body = assert_422_at(api.create(secret_ids=[str(uuid.uuid4()), "garbage"]), "secret_ids", 1)
+    assert "UUID" in body["errors"][0]["msg"]
+    assert_422_at(api.create(secret_ids=["garbage"]), "secret_ids", 0)
 
 
 def test_valid_project_runtime_and_secret_are_accepted_and_reflected(api: Api) -> None:

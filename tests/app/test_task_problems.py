@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from litestar.testing import TestClient
 from structlog.testing import capture_logs
 
-from app import container as container_module
+from app import composition as composition_module
 from app.cli import main
-from app.container import Container
+from app.composition import build_container
 from app.main import create_app
 from infrastructure.identity.bootstrap import bootstrap
 from infrastructure.settings import Settings
@@ -102,8 +102,8 @@ def test_start_up_logs_one_line_per_broken_bundle(
 ) -> None:
     with capture_logs() as logs:
         # A fresh logger: the module's own may be cached with an earlier configuration.
-        monkeypatch.setattr(container_module, "log", structlog.get_logger("assay.server"))
-        container = Container.build(broken_settings)
+        monkeypatch.setattr(composition_module, "log", structlog.get_logger("assay.server"))
+        container = build_container(broken_settings)
     asyncio.run(container.close())
 
     problems = [entry for entry in logs if entry["event"] == "task_bundle_problem"]

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.services.items import ItemHandle
-from domain import item as it
+from app.composition import open_store
+from app.services.items import ItemService
 from domain.projections import EvaluationView
-from infrastructure.clock import utc_now
+from infrastructure.clock import system_clock
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore, RecordedEvent
+from infrastructure.eventstore import RecordedEvent
 from infrastructure.queries import ReadModelQueries
-from infrastructure.readmodels import Projector
+from infrastructure.repository import Repository
 from infrastructure.view_cache import REBUILT_EVENT, ViewCache
 from tests.app.conftest import Api
 
@@ -34,24 +34,18 @@ def claim_from_another_process(database_url: str, evaluation_id: str) -> None:
         engine = create_engine(database_url)
         try:
             queries = ReadModelQueries(engine)
-            store = EventStore(engine, in_transaction=Projector())
+            store, leases = open_store(engine)
+            items = ItemService(
+                repository=Repository(store),
+                leases=leases,
+                clock=system_clock,
+                lease_seconds=30,
+                retry_backoff_seconds=1,
+            )
             evaluation = await queries.evaluation(evaluation_id)
             assert evaluation is not None
             first = (await queries.items(evaluation_id))[0]
-            state = it.ItemState(
-                item_id=first.id,
-                evaluation_id=evaluation_id,
-                max_retries=first.max_retries,
-                version=first.version,
-            )
-            await ItemHandle(store, state, utc_now, "elsewhere").apply(
-                it.ItemClaimed(
-                    item_id=first.id,
-                    evaluation_id=evaluation_id,
-                    worker_id="elsewhere",
-                    lease_expires_at=utc_now(),
-                )
-            )
+            assert await items.claim([first.id], "elsewhere")
             await store.close()
         finally:
             await engine.dispose()

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,12 +34,10 @@ import pytest
 from litestar.testing import TestClient
 
 from app.api.schemas import CreateEvaluationRequest
-from app.container import Container
+from app.composition import build_container
 from app.main import create_app
 from app.services.evaluations import CommandContext
-from app.services.items import ItemHandle, state_of
 from domain import item as it
-from infrastructure.clock import utc_now
 from infrastructure.identity.bootstrap import bootstrap
 from infrastructure.settings import Settings
 from tests.app.conftest import Api, make_settings, run_identity
@@ -412,7 +411,7 @@ def test_three_worker_processes_share_one_evaluation_within_its_concurrency(
 async def test_a_lease_renewal_racing_an_items_end_still_renews_the_other_items(
     engine_settings: Settings,
 ) -> None:
-    container = Container.build(engine_settings)
+    container = build_container(engine_settings)
     placeholder = asyncio.create_task(asyncio.sleep(3600))
     try:
         boot = await bootstrap(
@@ -430,44 +429,37 @@ async def test_a_lease_renewal_racing_an_items_end_still_renews_the_other_items(
             ),
         )
         pool = container.worker_pool(2)  # not started: its maintenance is driven by hand
-        handles = []
-        for item in await container.queries.items(view.id):
-            handle = ItemHandle(container.store, state_of(item), utc_now, pool.worker_id)
-            await handle.apply(
-                it.ItemClaimed(
-                    item_id=item.id,
-                    evaluation_id=view.id,
-                    worker_id=pool.worker_id,
-                    lease_expires_at=utc_now(),
-                ),
-                it.ItemProvisioning(item_id=item.id, evaluation_id=view.id),
-                it.ItemAgentStarted(item_id=item.id, evaluation_id=view.id),
-                it.ItemAgentFinished(item_id=item.id, evaluation_id=view.id),
-                it.ItemVerifying(item_id=item.id, evaluation_id=view.id),
+        items = await container.items.claim(
+            [item.id for item in await container.queries.items(view.id)], pool.worker_id
+        )
+        for item in items:
+            await item.execute(
+                it.StartAgent(session_id=str(uuid.uuid4())),
+                it.FinishAgent(),
+                it.StartVerifying(),
             )
-            pool._running[item.id] = (placeholder, handle)
-            handles.append(handle)
-        ending, other = handles
+            pool._running[item.item_id] = (placeholder, item)
+        ending, other = items
+        before = await container.items.leases.held(other.item_id)
+        assert before is not None
 
         # The runner appends the first item's verdict; the renewal comes while it is in flight.
-        verdict = asyncio.create_task(
-            ending.apply(
-                it.ItemVerdict(item_id=ending.state.item_id, evaluation_id=view.id, passed=False)
-            )
-        )
+        verdict = asyncio.create_task(ending.execute(it.RecordVerdict(passed=False)))
         await asyncio.sleep(0)
-        assert ending.status == "verifying" and ending._lock.locked()
+        assert ending.state.status == "verifying" and ending.busy
+        await asyncio.sleep(0.01)  # the clock moves, so a renewal shows
         (renewal,) = await asyncio.gather(pool._renew_leases(), return_exceptions=True)
         await verdict
         assert ending.state.status == "failed", "the verdict was appended"
 
         assert not isinstance(renewal, BaseException), repr(renewal)
-        renewed = [
-            e
-            for e in await container.store.read_stream("item", other.state.item_id)
-            if e.event_type == "item.lease_renewed"
-        ]
-        assert len(renewed) == 1, "the other item's lease was not renewed"
+        after = await container.items.leases.held(other.item_id)
+        assert after is not None and after.expires_at > before.expires_at, "not renewed"
+        assert await container.items.leases.held(ending.item_id) is None, "an ended item's lease"
+        history = await container.store.read_all(limit=1000)
+        assert not [e for e in history if e.event_type == "item.lease_renewed"], (
+            "a renewal went into the log"
+        )
     finally:
         placeholder.cancel()
         await container.close()

@@ -3,9 +3,11 @@
     queued (nothing claimed since (re)opening) -> running -> completed | partial
     any non-terminal -> cancelled | failed;   terminal -> (retry-failed) -> queued
 
-`World` below plays the command service: it decides commands (evaluation commands through
-`evaluation.decide`, worker events through `item.decide` on one item) and evolves the accepted
-events. The expectations (what must be refused, what status follows) are written from the
+`World` below plays the command services: it decides evaluation commands through
+`evaluation.decide`, and plays a worker moving one item a step at a time (each step an event the
+item machine, `item.evolve`, must accept, an infra failure retried per `item.retries_left`;
+`tests.domain.test_item_machine` checks the worker's commands themselves), and evolves the
+accepted events. The expectations (what must be refused, what status follows) are written from the
 documentation, not from the code under test. `tests.domain.test_projection_properties` reuses
 `World` and `steps` to produce histories.
 """
@@ -193,7 +195,11 @@ class World:
                 item_id=self.item_id(step),
                 evaluation_id=self.state.evaluation_id,
             )
-            return list(it.decide(self.items[self.item_id(step)], proposed))
+            current = self.items[self.item_id(step)]
+            if isinstance(proposed, it.ItemInfraFailed):
+                proposed = msgspec.structs.replace(proposed, will_retry=it.retries_left(current))
+            it.evolve(current, proposed)  # refuses what the machine does not allow
+            return [proposed]
         command: ev.Command
         match step:
             case Create():

@@ -16,7 +16,10 @@ It is deliberately not derived from the constants of the code under test.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import get_args
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -169,26 +172,6 @@ def test_status_after_accepts_exactly_the_documented_transitions(status: str, ki
         assert it.status_after(status, event) == expected  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("status", "kind"), TABLE, ids=[f"{s}-{k}" for s, k in TABLE])
-def test_decide_accepts_documented_transitions_and_refuses_the_rest(status: str, kind: str) -> None:
-    # Retries left exactly when the proposed infra failure says it will retry, so decide's own
-    # retry decision agrees with the kind under test.
-    retries_left = kind == "infra_failed_will_retry"
-    current = state(status, retry_count=0, max_retries=1 if retries_left else 0)
-    event = KINDS[kind]()
-    expected = LEGAL[status].get(kind)
-    if expected is None:
-        with pytest.raises(IllegalTransition):
-            it.decide(current, event)
-        return
-    decided = it.decide(current, event)
-    assert decided == [event]
-    after = it.evolve(current, decided[0])
-    assert after.status == expected
-    assert after.version == current.version + 1
-    assert (after.item_id, after.evaluation_id) == (ITEM_ID, EVALUATION_ID)
-
-
 ILLEGAL = [(s, k) for s, k in TABLE if k not in LEGAL[s]]
 
 
@@ -209,6 +192,8 @@ def test_evolve_refuses_any_first_event_other_than_item_queued() -> None:
                 status="queued",
                 max_retries=2,
                 version=1,
+                task_name="t",
+                task_ref="t@1",
             )
         else:
             with pytest.raises(IllegalTransition):
@@ -223,6 +208,107 @@ ACTIVE_STATUSES = [
     "agent_finished",
     "verifying",
 ]
+IN_FLIGHT_STATUSES = ACTIVE_STATUSES[1:]
+ENDED_STATUSES = ["passed", "failed", "timed_out", "cancelled", "infra_error", "errored"]
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+# ---- commands: what a worker asks of an item, written out from the documentation ----
+
+# Every worker command, as a factory.
+COMMANDS: dict[str, Callable[[], it.AnyItemCommand]] = {
+    "claim": lambda: it.Claim(worker_id="w1", lease_expires_at="2026-01-01T12:01:00Z"),
+    "start_agent": lambda: it.StartAgent(session_id="s", isolation={"level": "strict"}),
+    "finish_agent": lambda: it.FinishAgent(agent_result={"steps": 2}),
+    "start_verifying": lambda: it.StartVerifying(),
+    "verdict_passed": lambda: it.RecordVerdict(passed=True),
+    "verdict_failed": lambda: it.RecordVerdict(passed=False),
+    "time_out": lambda: it.TimeOut(error="deadline"),
+    "errored": lambda: it.EndErrored(error="checker broke"),
+    "infra_failure": lambda: it.ReportInfraFailure(error="sandbox", at=NOW, backoff_seconds=2),
+    "expire_lease": lambda: it.ExpireLease(at=NOW),
+    "keep_sandbox": lambda: it.KeepSandbox(location="/tmp/sandbox"),
+    "discard_sandbox": lambda: it.DiscardSandbox(location="/tmp/sandbox"),
+}
+
+# status -> {command -> (event types, status after)} with no retries left; the rest is refused.
+_ENDING_COMMANDS = {
+    "time_out": (["item.timed_out"], "timed_out"),
+    "errored": (["item.errored"], "errored"),
+    "infra_failure": (["item.infra_failed"], "infra_error"),
+}
+_SANDBOX_COMMANDS = {
+    "keep_sandbox": (["item.sandbox_kept"], None),
+    "discard_sandbox": (["item.sandbox_discarded"], None),
+}
+_LEASE = {"expire_lease": (["item.infra_failed"], "infra_error")}
+DECIDES: dict[str, dict[str, tuple[list[str], str | None]]] = {
+    "queued": {
+        "claim": (["item.claimed", "item.provisioning"], "provisioning"),
+        **_ENDING_COMMANDS,
+    },
+    "claiming": {**_ENDING_COMMANDS, **_LEASE},
+    "provisioning": {
+        "start_agent": (["item.agent_started"], "agent_running"),
+        **_ENDING_COMMANDS,
+        **_LEASE,
+    },
+    "agent_running": {
+        "finish_agent": (["item.agent_finished"], "agent_finished"),
+        **_ENDING_COMMANDS,
+        **_LEASE,
+    },
+    "agent_finished": {
+        "start_verifying": (["item.verifying"], "verifying"),
+        **_ENDING_COMMANDS,
+        **_LEASE,
+    },
+    "verifying": {
+        "verdict_passed": (["item.verdict"], "passed"),
+        "verdict_failed": (["item.verdict"], "failed"),
+        **_ENDING_COMMANDS,
+        **_LEASE,
+    },
+    **{status: dict(_SANDBOX_COMMANDS) for status in ENDED_STATUSES},
+}
+COMMAND_TABLE = [(status, name) for status in STATUSES for name in COMMANDS]
+
+
+def test_the_command_table_covers_every_status_and_every_command() -> None:
+    assert set(DECIDES) == set(STATUSES)
+    assert {type(make()) for make in COMMANDS.values()} == set(get_args(it.AnyItemCommand))
+
+
+@pytest.mark.parametrize(
+    ("status", "name"), COMMAND_TABLE, ids=[f"{s}-{n}" for s, n in COMMAND_TABLE]
+)
+def test_decide_turns_each_command_into_its_documented_events_and_refuses_the_rest(
+    status: str, name: str
+) -> None:
+    current = state(status)
+    expected = DECIDES[status].get(name)
+    if expected is None:
+        with pytest.raises(IllegalTransition):
+            it.decide(current, COMMANDS[name]())
+        return
+    types, status_after = expected
+    decided = it.decide(current, COMMANDS[name]())
+    assert [it_type(e) for e in decided] == types
+    after = it.replay_from(current, decided)
+    assert after.status == (status_after or status)
+    assert after.version == current.version + len(decided)
+    assert all((e.item_id, e.evaluation_id) == (ITEM_ID, EVALUATION_ID) for e in decided)
+
+
+def it_type(event: it.AnyItemEvent) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def test_a_claim_records_the_worker_and_its_lease_and_starts_provisioning_in_one_decision() -> None:
+    claimed, provisioning = it.decide(state("queued"), COMMANDS["claim"]())
+    assert isinstance(claimed, it.ItemClaimed)
+    assert (claimed.worker_id, claimed.lease_expires_at) == ("w1", "2026-01-01T12:01:00Z")
+    assert isinstance(provisioning, it.ItemProvisioning)
+    assert it.replay_from(state("queued"), [claimed, provisioning]).worker_id == "w1"
 
 
 @settings(max_examples=200, deadline=None)
@@ -230,33 +316,47 @@ ACTIVE_STATUSES = [
     status=st.sampled_from(ACTIVE_STATUSES),
     max_retries=st.integers(0, 5),
     data=st.data(),
-    claimed_will_retry=st.booleans(),
+    backoff=st.floats(0.5, 30),
 )
-def test_infra_failure_requeues_while_retries_are_left_and_ends_in_infra_error_after(
-    status: str, max_retries: int, data: st.DataObject, claimed_will_retry: bool
+def test_infra_failure_requeues_after_a_doubling_backoff_while_retries_are_left_then_ends(
+    status: str, max_retries: int, data: st.DataObject, backoff: float
 ) -> None:
     retry_count = data.draw(st.integers(0, max_retries), label="retry_count")
     current = state(status, retry_count=retry_count, max_retries=max_retries)
-    # Whatever the proposer claims, decide chooses will_retry from the retries left.
-    proposed = it.ItemInfraFailed(
-        item_id=ITEM_ID,
-        evaluation_id=EVALUATION_ID,
-        error="sandbox died",
-        will_retry=claimed_will_retry,
+    (decided,) = it.decide(
+        current, it.ReportInfraFailure(error="sandbox died", at=NOW, backoff_seconds=backoff)
     )
-    (decided,) = it.decide(current, proposed)
     assert isinstance(decided, it.ItemInfraFailed)
     after = it.evolve(current, decided)
     if retry_count < max_retries:
         assert decided.will_retry
         assert after.status == "queued"
         assert after.retry_count == retry_count + 1
+        waited = datetime.fromisoformat(decided.retry_not_before or "") - NOW
+        assert waited == timedelta(seconds=backoff * 2**retry_count)
+        assert after.retry_not_before == decided.retry_not_before
     else:
         assert not decided.will_retry
+        assert decided.retry_not_before is None
         assert after.status == "infra_error"
         assert after.retry_count == retry_count
     assert after.max_retries == max_retries
     assert decided.error == "sandbox died"
+
+
+@pytest.mark.parametrize("status", IN_FLIGHT_STATUSES)
+def test_an_expired_lease_names_its_worker_and_lets_the_retry_start_at_once(status: str) -> None:
+    current = it.replay_from(
+        state("queued", max_retries=1),
+        it.decide(state("queued", max_retries=1), COMMANDS["claim"]()),
+    )
+    current = msgspec.structs.replace(current, status=status)
+    (decided,) = it.decide(current, it.ExpireLease(at=NOW))
+    assert isinstance(decided, it.ItemInfraFailed)
+    assert decided.error == "worker w1 lost its lease"
+    assert decided.will_retry
+    assert decided.retry_not_before is not None
+    assert datetime.fromisoformat(decided.retry_not_before) == NOW
 
 
 @pytest.mark.parametrize("max_retries", [0, 1, 3])
@@ -277,31 +377,40 @@ def test_an_item_failing_infra_every_attempt_is_retried_max_retries_times_then_e
     while current.status == "queued":
         attempts += 1
         assert attempts <= max_retries + 1
-        for event in it.decide(current, KINDS["claimed"]()):
-            current = it.evolve(current, event)
-        for event in it.decide(
-            current,
-            it.ItemInfraFailed(
-                item_id=ITEM_ID, evaluation_id=EVALUATION_ID, error="x", will_retry=False
-            ),
-        ):
-            current = it.evolve(current, event)
+        _events, current = it.execute(current, [COMMANDS["claim"](), COMMANDS["infra_failure"]()])
     assert attempts == max_retries + 1
     assert current.status == "infra_error"
     assert current.retry_count == max_retries
 
 
-# ---- random walks through decide ----
+@pytest.mark.parametrize(
+    ("policy", "status", "kept"),
+    [
+        ("on_success", "failed", True),
+        ("on_success", "timed_out", True),
+        ("on_success", "errored", True),
+        ("on_success", "infra_error", True),
+        ("on_success", "passed", False),
+        ("on_success", "queued", False),  # going back for a retry, in a fresh sandbox
+        ("always", "failed", False),
+        ("always", "passed", False),
+    ],
+)
+def test_keep_or_destroy_keeps_only_the_sandbox_of_an_item_that_ended_without_a_pass(
+    policy: str, status: str, kept: bool
+) -> None:
+    assert it.keeps_sandbox(policy, status) is kept  # type: ignore[arg-type]
 
-PROPOSALS = [k for k in KINDS if k not in ("queued", "infra_failed_final")]
+
+# ---- random walks through decide ----
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     max_retries=st.integers(0, 3),
-    proposals=st.lists(st.sampled_from(PROPOSALS), max_size=40),
+    proposals=st.lists(st.sampled_from(list(COMMANDS)), max_size=40),
 )
-def test_random_proposals_are_either_refused_without_effect_or_applied_within_invariants(
+def test_random_commands_are_either_refused_without_effect_or_applied_within_invariants(
     max_retries: int, proposals: list[str]
 ) -> None:
     queued = it.ItemQueued(
@@ -315,23 +424,22 @@ def test_random_proposals_are_either_refused_without_effect_or_applied_within_in
     )
     history: list[it.AnyItemEvent] = [queued]
     current = it.evolve(None, queued)
-    for kind in proposals:
+    for name in proposals:
         before = current
-        expected = LEGAL[current.status].get(kind)
-        if kind == "infra_failed_will_retry" and expected is not None:
-            expected = "queued" if current.retry_count < max_retries else "infra_error"
+        expected = DECIDES[current.status].get(name)
+        retries_left = current.retry_count < max_retries
+        if name in ("infra_failure", "expire_lease") and expected is not None and retries_left:
+            expected = (expected[0], "queued")
         try:
-            decided = it.decide(current, KINDS[kind]())
+            decided, current = it.execute(current, [COMMANDS[name]()])
         except IllegalTransition:
-            assert expected is None, f"{kind} refused in {current.status}"
+            assert expected is None, f"{name} refused in {current.status}"
             assert current == before
             continue
-        assert expected is not None, f"{kind} accepted in {current.status}"
-        for event in decided:
-            current = it.evolve(current, event)
-            history.append(event)
-        assert current.status == expected
-        assert current.status in STATUSES
+        assert expected is not None, f"{name} accepted in {before.status}"
+        history += decided
+        assert current.status == (expected[1] or before.status)
         assert 0 <= current.retry_count <= max_retries
         assert current.version == len(history)
+        assert (current.worker_id is not None) == (current.status in IN_FLIGHT_STATUSES)
         assert it.replay(history) == current

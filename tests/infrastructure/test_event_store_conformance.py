@@ -37,6 +37,10 @@ AT = "2026-11-26T12:00:00.000000Z"
 LATER = "2026-11-26T12:00:05.000000Z"
 
 
+def log_only(conn: Any, recorded: Sequence[RecordedEvent]) -> None:
+    """The generic log on its own: these tests append streams no read model folds."""
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -80,7 +84,7 @@ async def count_events(store: EventStore) -> int:
 async def other_process(database_url: str) -> AsyncIterator[EventStore]:
     """A store on its own engine: as far as the database can tell, another process."""
     engine = create_engine(database_url)
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     try:
         yield store
     finally:
@@ -110,7 +114,7 @@ def assert_matches_input(
 async def test_appended_events_read_back_identically_with_increasing_positions(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     a, b = new_id(), new_id()
     first = stream(a, [make_event(i, note="ünïcode ✓") for i in range(3)])
     second = stream(b, [make_event(10 + i, event_type="test.other") for i in range(2)])
@@ -144,7 +148,7 @@ async def test_appended_events_read_back_identically_with_increasing_positions(
 
 
 async def test_empty_store_has_no_events_and_last_position_zero(engine: AsyncEngine) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     assert await store.read_all() == []
     assert await store.last_position() == 0
     assert await store.read_stream("test", new_id()) == []
@@ -157,7 +161,7 @@ async def test_empty_store_has_no_events_and_last_position_zero(engine: AsyncEng
 async def test_new_stream_is_appended_at_expected_version_zero_and_continues_from_its_version(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     sid = new_id()
     first = await store.append([stream(sid, [make_event(1), make_event(2)])], recorded_at=AT)
     assert [r.stream_version for r in first] == [1, 2]
@@ -179,7 +183,7 @@ async def test_new_stream_is_appended_at_expected_version_zero_and_continues_fro
 async def test_append_at_wrong_expected_version_raises_conflict_and_writes_nothing(
     engine: AsyncEngine, existing: int, expected: int
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     sid = new_id()
     if existing:
         await store.append([stream(sid, [make_event(i) for i in range(existing)])], recorded_at=AT)
@@ -228,7 +232,7 @@ async def worker_ids(engine: AsyncEngine) -> set[str]:
 async def test_side_writes_commit_with_their_units_events_and_fail_alone(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     good, bad = new_id(), new_id()
     # Both units wait in one batch; the failing one is retried alone and takes nothing with it.
     results = await asyncio.gather(
@@ -249,7 +253,7 @@ async def test_side_writes_commit_with_their_units_events_and_fail_alone(
 
 
 async def test_a_conflicting_append_does_not_run_its_side_writes(engine: AsyncEngine) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     sid = new_id()
     await store.append([stream(sid, [make_event(1)])], recorded_at=AT)
 
@@ -264,7 +268,7 @@ async def test_a_conflicting_append_does_not_run_its_side_writes(engine: AsyncEn
 async def test_multi_stream_append_with_one_wrong_version_writes_nothing_at_all(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     existing = new_id()
     await store.append([stream(existing, [make_event(0)])], recorded_at=AT)
     count, last = await count_events(store), await store.last_position()
@@ -315,7 +319,7 @@ async def test_two_writers_racing_on_one_stream_version_exactly_one_wins(
 async def test_concurrent_appends_on_one_store_fail_only_the_conflicting_ones(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     existing = new_id()
     seeded = await store.append([stream(existing, [make_event(0)])], recorded_at=AT)
     contested = new_id()
@@ -360,7 +364,7 @@ async def test_concurrent_appends_on_one_store_fail_only_the_conflicting_ones(
 async def test_reappending_the_same_events_returns_original_records_and_writes_nothing(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     a, b = new_id(), new_id()
     appends = [stream(a, [make_event(1), make_event(2)]), stream(b, [make_event(3)])]
     original = await store.append(appends, recorded_at=AT)
@@ -390,7 +394,7 @@ async def test_reappending_the_same_events_returns_original_records_and_writes_n
 async def test_same_event_id_for_a_different_event_raises_idempotency_conflict(
     engine: AsyncEngine, change: dict[str, str]
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     sid = new_id()
     event = make_event(1)
     await store.append([stream(sid, [event])], recorded_at=AT)
@@ -427,7 +431,7 @@ async def test_concurrent_writers_batches_occupy_contiguous_positions(
     async with other_process(database_url) as one, other_process(database_url) as two:
         results = await asyncio.gather(writer(one, "one"), writer(two, "two"))
 
-    feed = await EventStore(engine).read_all(limit=10_000)
+    feed = await EventStore(engine, in_transaction=log_only).read_all(limit=10_000)
     assert len(feed) == 2 * batches_per_writer * batch_size
     index_of = {r.event_id: i for i, r in enumerate(feed)}
     for batches in results:
@@ -454,7 +458,7 @@ async def test_tailing_reader_sees_every_event_once_in_position_order_while_writ
                 await store.append([stream(sid, [event], expected=n)], recorded_at=AT)
                 written.add(event.event_id)
 
-    reader = EventStore(engine)
+    reader = EventStore(engine, in_transaction=log_only)
     seen: list[str] = []
     positions: list[int] = []
     writing = asyncio.gather(*(write(i) for i in range(writers)))
@@ -496,7 +500,7 @@ async def test_tailing_reader_sees_every_event_once_in_position_order_while_writ
 async def test_changing_or_deleting_an_event_is_rejected_by_the_database(
     engine: AsyncEngine, statement: str
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     recorded = await store.append(
         [stream(new_id(), [make_event(1), make_event(2)])], recorded_at=AT
     )
@@ -516,7 +520,7 @@ async def test_changing_or_deleting_an_event_is_rejected_by_the_database(
 async def test_upcaster_for_an_old_schema_version_is_applied_on_decode(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     evaluation_id = new_id()
     kind = "evaluation.cancelled"
     # Version 0 of evaluation.cancelled called its reason "why".
@@ -569,7 +573,7 @@ async def test_upcaster_for_an_old_schema_version_is_applied_on_decode(
 async def test_upcasters_chain_from_the_stored_version_to_the_current_one(
     engine: AsyncEngine,
 ) -> None:
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=log_only)
     evaluation_id = new_id()
     kind = "evaluation.failed"
     # v0 {"message"} -> v1 {"err"} -> v2 (current) {"error"}

@@ -414,3 +414,63 @@ async def test_bootstrap_keeps_an_existing_role(store: IdentityStore) -> None:
     assert again.created == ("workspace",)
     assert again.membership.role == "viewer"
     assert not again.workspace.is_default
+
+
+async def test_derived_usernames_take_the_first_free_suffix(store: IdentityStore) -> None:
+    first = await store.create_user("owner@alpha.example.com")
+    second = await store.create_user("Owner@beta.example.com")
+    await store.create_user("x@y.z", "owner-3")
+    third = await store.create_user("owner@gamma.example.com")
+    odd = await store.create_user("o_%@a.example")
+    odd_again = await store.create_user("o_%@b.example")
+
+    assert [first.username, second.username, third.username] == ["owner", "owner-2", "owner-4"]
+    assert first.full_name == "owner"
+    # `_` and `%` are literal in the collision lookup, not LIKE wildcards.
+    assert (odd.username, odd_again.username) == ("o_", "o_-2")
+    with pytest.raises(AlreadyExists):
+        await store.create_user("OWNER@alpha.example.com")
+
+
+async def test_derived_username_retries_when_a_concurrent_insert_takes_it(
+    store: IdentityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_user("owner@alpha.example.com")
+    real_fetch_all = store._fetch_all
+    stale_reads = [True]
+
+    async def fetch_all(stmt: sa.Executable, **params: object) -> list[dict[str, object]]:
+        # The first read misses `owner`, as if its insert committed just after the read.
+        if stale_reads and "p_pattern" in params:
+            stale_reads.pop()
+            return []
+        return await real_fetch_all(stmt, **params)
+
+    monkeypatch.setattr(store, "_fetch_all", fetch_all)
+    user = await store.create_user("owner@beta.example.com")
+
+    assert user.username == "owner-2"
+    assert not stale_reads
+
+
+async def test_concurrent_users_with_one_local_part_all_get_created(
+    store: IdentityStore,
+) -> None:
+    import asyncio
+
+    users = await asyncio.gather(*(store.create_user(f"owner@org{i}.test") for i in range(4)))
+
+    assert sorted(u.username for u in users) == ["owner", "owner-2", "owner-3", "owner-4"]
+
+
+async def test_bootstrap_gives_each_orgs_owner_at_user_a_username_of_its_own(
+    store: IdentityStore,
+) -> None:
+    alpha = await bootstrap(store, "alpha", "main", "owner@alpha.example.com")
+    beta = await bootstrap(store, "beta", "main", "owner@beta.example.com")
+    again = await bootstrap(store, "beta", "main", "owner@beta.example.com")
+
+    assert (alpha.user.username, beta.user.username) == ("owner", "owner-2")
+    assert beta.user.email == "owner@beta.example.com" and "user" in beta.created
+    assert again.user.id == beta.user.id and "user" not in again.created
+    assert beta.membership.role == "owner"

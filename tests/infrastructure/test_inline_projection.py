@@ -129,7 +129,8 @@ async def advance(
     """Move one item through `events`, each decided against freshly loaded state."""
     for offset, proposed in enumerate(events):
         loaded = await load(store, evaluation_id)
-        decided = it.decide(loaded.item_states[item_id], proposed)
+        it.evolve(loaded.item_states[item_id], proposed)  # refuses what the machine does not
+        decided = [proposed]
         await append(store, decided, loaded.versions, at(t + offset))
 
 

@@ -1,14 +1,14 @@
 """The auditor role: memberships may hold `auditor` (read-only on the org, plus its feed).
 
 Revision ID: live_auditor
-Revises: 0003
+Revises: 0007
 Create Date: 2026-11-30
 """
 
 from alembic import op
 
 revision = "live_auditor"
-down_revision = "0003"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -73,6 +73,11 @@ class Authenticator:
                 "missing API key: send X-API-Key, Authorization: Bearer, or basic auth as "
                 f"{REGISTRY_USER} with the key as password",
             )
+        return await self.principal_of_key(raw)
+
+    async def principal_of_key(self, raw: str) -> Principal:
+        """The principal behind a raw key from anywhere (a header, the dashboard's session);
+        401 when the key is unknown or revoked."""
         digest = hash_api_key(raw)
         principal = self._principals.get(digest)
         if principal is not None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import Authenticator
 from app.container import Container
 from app.services.evaluations import EvaluationService
+from app.services.idempotency import Idempotency
 from app.services.items import ItemService
 from app.services.registry import RegistryService
 from app.services.sandboxes import SandboxService
@@ -24,6 +25,7 @@ from app.services.work_signal import WorkSignal
 from infrastructure.clock import Clock, system_clock
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import AfterCommit, EventStore, RecordedEvent, in_order
+from infrastructure.idempotency import IdempotencyKeys
 from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
 from infrastructure.leases import LeaseBook
@@ -133,6 +135,7 @@ def build_container(
             catalog=catalog,
             settings=settings,
             work=work,
+            idempotency=Idempotency(IdempotencyKeys(engine), clock),
             clock=clock,
             tasks=registry,
             task_sets=task_sets,

@@ -21,6 +21,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from app.api.registry_paths import is_registry_path
 from app.services import errors as service
 from app.services.errors import FieldProblem
+from app.services.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from app.services.registry_errors import (
     BadDigest,
     ManifestInvalid,
@@ -30,8 +31,10 @@ from app.services.registry_errors import (
     VersionConflict,
 )
 from domain.errors import IllegalTransition, InvalidCommand
+from infrastructure.db.outage import is_database_unavailable
 from infrastructure.eventstore import ConcurrencyConflict, IdempotencyConflict
 from infrastructure.identity.records import AlreadyExists, InvalidValue, NotFound
+from infrastructure.metrics import DB_UNAVAILABLE
 from infrastructure.queries import AmbiguousId, IdPrefixTooShort
 
 log = structlog.get_logger("assay.errors")
@@ -236,6 +239,13 @@ def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
             return ApiError(422, str(exc))
         case AlreadyExists():
             return ApiError(409, str(exc))
+        case IdempotencyKeyReused():
+            return ApiError(409, str(exc), type="already_exists")
+        case InvalidIdempotencyKey():
+            loc: list[str | int] = ["header", "Idempotency-Key"]
+            return ApiError(
+                400, str(exc), errors=[FieldError(loc=loc, msg=str(exc), type="value_error")]
+            )
         case NotFound():
             return ApiError(404, str(exc))
         case HTTPException():
@@ -252,6 +262,13 @@ def to_api_error(request: Request[Any, Any, Any], exc: Exception) -> ApiError:
                 413: "request body is too large",
             }.get(status, str(exc.detail))
             return ApiError(status, detail, headers=headers)
+    if is_database_unavailable(exc):
+        # Restarting or unreachable: a passing state the client should retry, not a bug.
+        DB_UNAVAILABLE.inc()
+        log.warning("database_unavailable", path=request.url.path, error=repr(exc))
+        return ApiError(
+            503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"}
+        )
     log.error(
         "unhandled_exception",
         path=request.url.path,

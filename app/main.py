@@ -13,13 +13,13 @@ from litestar import Litestar, Request
 from litestar.config.app import AppConfig
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from app.api.capabilities import CapabilityController
 from app.api.evaluations import EvaluationController
 from app.api.feed import FeedController
 from app.api.health import health, ready
+from app.api.metrics import metrics_endpoint
 from app.api.oci import ClientRegistryController, RegistryController
 from app.api.runtimes import RuntimeController
 from app.api.sandboxes import SandboxController
@@ -35,6 +35,7 @@ from app.container import Container
 from app.errors import handle_exception
 from app.logging import configure_logging
 from app.middleware import request_middleware
+from app.web import api_docs_plugin, template_config, web_routes
 from app.worker.pool import SandboxUnavailable
 from infrastructure.settings import Settings
 
@@ -53,6 +54,7 @@ ROUTES: list[ControllerRouterHandler] = [
     StreamController,
     health,
     ready,
+    metrics_endpoint,
 ]
 
 
@@ -94,12 +96,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             RateLimitConfig(
                 rate_limit=("minute", settings.rate_limit),
                 identifier_for_request=_rate_limit_identity,
-                exclude=["/health", "/ready", "/schema"],
+                exclude=["/health", "/ready", "/metrics", "/schema", "/static", "/vendor"],
             ).middleware
         )
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *web_routes(settings)],
+        template_config=template_config(),
         lifespan=[lifespan],
         middleware=[request_middleware(settings.min_client_version), *middleware],
         exception_handlers={Exception: handle_exception},
@@ -114,7 +117,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 "{code, detail, type, errors?, request_id}."
             ),
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[api_docs_plugin()],
         ),
         on_app_init=[_no_debug],
         debug=False,

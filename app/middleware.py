@@ -1,6 +1,6 @@
 """What every request goes through first, on the raw ASGI scope (cheap: one header scan):
-a request id (bound to the log context and echoed), the client version floor, the rule that a
-request with a body sends JSON, and one access line per request once it is answered (method,
+a request id (bound to the log context and echoed), the client version floor, the rule that an
+API request with a body sends JSON, and one access line per request once it is answered (method,
 path, status, duration in ms, request id)."""
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ from collections.abc import Callable
 
 import structlog
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.registry_paths import is_registry_path
 from app.errors import ApiError
+from infrastructure.metrics import observe_request
 
 _SDK_AGENT = re.compile(r"dreadnode-sdk/(\d+(?:\.\d+)*)")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _WANTED = (b"x-request-id", b"user-agent", b"content-type", b"content-length", b"transfer-encoding")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 # Probes a load balancer sends every few seconds: their access lines are debug, not info.
-_PROBES = frozenset({"/health", "/ready"})
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 access_log = structlog.get_logger("assay.access")
 
@@ -89,21 +91,27 @@ def request_middleware(min_client_version: str) -> Callable[[ASGIApp], ASGIApp]:
 
             try:
                 check_client_version(headers.get(b"user-agent", ""), min_client_version)
-                if not is_registry_path(scope["path"]):  # registry bodies are bytes
+                # Registry bodies are bytes; the dashboard's forms (outside /api/) are forms.
+                if scope["path"].startswith("/api/") and not is_registry_path(scope["path"]):
                     check_json_body(scope["method"], headers)
                 await app(scope, receive, send_with_id)
             except ApiError as exc:
                 status = exc.status
                 raise
+            except HTTPException as exc:  # e.g. the dashboard's CSRF check, refused as 403
+                status = exc.status_code
+                raise
             finally:
                 path = scope["path"]
+                elapsed = time.perf_counter() - started
+                observe_request(scope["method"], scope.get("path_template"), status, elapsed)
                 write = access_log.debug if path in _PROBES else access_log.info
                 write(
                     "request",
                     method=scope["method"],
                     path=path,
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
                 structlog.contextvars.unbind_contextvars("request_id")
 

@@ -365,6 +365,13 @@ class ExpireLease(ItemCommand, frozen=True):
     at: datetime
 
 
+class HandBack(ItemCommand, frozen=True):
+    """The holding worker shuts down at `at` and returns the item at once, rather than let
+    its lease lapse; like an expiry it counts one retry."""
+
+    at: datetime
+
+
 class KeepSandbox(ItemCommand, frozen=True):
     location: str
 
@@ -383,6 +390,7 @@ AnyItemCommand = (
     | EndErrored
     | ReportInfraFailure
     | ExpireLease
+    | HandBack
     | KeepSandbox
     | DiscardSandbox
 )
@@ -440,6 +448,11 @@ def _events_of(state: ItemState, command: AnyItemCommand) -> list[AnyItemEvent]:
                 )
             # The worker died, not the item's work: the retry may start at once.
             return [_infra_failure(state, f"worker {state.worker_id} lost its lease", iso(at))]
+        case HandBack(at=at):
+            if state.status not in IN_FLIGHT:
+                raise IllegalTransition(f"item is {state.status}; only an item in flight is held")
+            error = f"worker {state.worker_id} shut down; item handed back"
+            return [_infra_failure(state, error, iso(at))]
         case KeepSandbox(location=location):
             return [ItemSandboxKept(**ids, location=location)]
         case DiscardSandbox(location=location):

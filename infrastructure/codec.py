@@ -29,6 +29,8 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     request_id: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    # The Idempotency-Key of the create request that appended the event.
+    idempotency_key: str | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -33,6 +33,7 @@ from infrastructure.db.append_only import VERSION_GAP_MESSAGE
 from infrastructure.db.engine import create_sqlite_sync_engine, write_transaction
 from infrastructure.db.sqlite_writer import SQLiteWriter
 from infrastructure.db.store_tables import events
+from infrastructure.metrics import observe_batch
 
 log = structlog.get_logger("assay.eventstore")
 
@@ -250,6 +251,7 @@ class EventStore:
             async with self.append_transaction() as conn:
                 recorded = await conn.run_sync(self._write_batch, batch)
         self.committed(recorded)
+        observe_batch(len(batch), len(recorded))
         cursor = 0
         for unit in batch:
             count = sum(len(a.events) for a in unit.appends)

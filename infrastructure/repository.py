@@ -21,6 +21,7 @@ import msgspec
 from domain import evaluation as ev
 from domain import item as it
 from infrastructure import codec
+from infrastructure.db.outage import ride_out
 from infrastructure.eventstore import EventLog, RecordedEvent, SideWrite
 
 StreamKey = tuple[str, str]
@@ -80,15 +81,24 @@ class Repository:
         metadata: codec.EventMetadata,
         recorded_at: str,
         side_writes: Sequence[SideWrite] = (),
+        through_outage: bool = False,
     ) -> list[RecordedEvent]:
         """Append `events` in one transaction, each stream at its loaded version (0: a new
         stream). Raises ConcurrencyConflict when a stream moved since it was loaded, and
-        whatever a rule checked in the transaction raises (CapacityExceeded)."""
-        return await self.store.append(
-            codec.to_appends(events, dict(versions), metadata),
-            recorded_at=recorded_at,
-            side_writes=side_writes,
-        )
+        whatever a rule checked in the transaction raises (CapacityExceeded).
+
+        `through_outage`: while the database is away, retry the same append (the same event
+        ids, so one that did commit is recognised, never recorded twice) until it is back."""
+        appends = codec.to_appends(events, dict(versions), metadata)
+
+        async def append() -> list[RecordedEvent]:
+            return await self.store.append(
+                appends, recorded_at=recorded_at, side_writes=side_writes
+            )
+
+        if through_outage:
+            return await ride_out(append, what="append")
+        return await append()
 
 
 def _item_event(record: RecordedEvent) -> it.AnyItemEvent:

@@ -76,6 +76,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_heartbeat_seconds: float = 15.0
     sse_queue_limit: int = 5000
     live_poll_seconds: float = 0.05
+    # Bearer token `GET /metrics` requires; unset: the metrics are open (bind to a private net).
+    metrics_token: str | None = None
+    # After SIGTERM a worker claims nothing more and lets running items finish this long, then
+    # hands the rest back to the queue at once for another worker.
+    shutdown_grace_seconds: float = 30.0
+    # Secret that encrypts the dashboard's session cookies and signs its CSRF tokens; when
+    # unset, a random one per process (sign-ins then end when the server restarts).
+    web_secret: str | None = None
+    # Mark the dashboard's cookies Secure (set when the server is reached over HTTPS).
+    web_secure_cookies: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -117,6 +127,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("sse_heartbeat_seconds", float),
             ("sse_queue_limit", int),
             ("live_poll_seconds", float),
+            ("metrics_token", str),
+            ("shutdown_grace_seconds", float),
         ):
             raw = get(field.upper())
             if raw is not None:
@@ -129,6 +141,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         raw_json = get("LOG_JSON")
         if raw_json is not None:
             values["log_json"] = raw_json.lower() not in ("0", "false", "no")
+        raw_web_secret = get("WEB_SECRET")
+        if raw_web_secret is not None:
+            values["web_secret"] = raw_web_secret
+        raw_secure = get("WEB_SECURE_COOKIES")
+        if raw_secure is not None:
+            values["web_secure_cookies"] = raw_secure.lower() in ("1", "true", "yes")
         raw_paths = get("TASK_PATHS")
         if raw_paths is not None:
             values["task_paths"] = tuple(p for p in raw_paths.split(os.pathsep) if p)

@@ -12,6 +12,7 @@ from litestar.params import Parameter
 from app.auth import Scope
 from app.container import Container
 from app.errors import not_found
+from app.services.evaluations import CommandContext
 from domain.projections import EvaluationView, ItemView
 from infrastructure.identity.records import Org, Principal
 
@@ -49,6 +50,15 @@ ListLimit = Annotated[
 ]
 
 
+async def evaluation_id_in(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> str:
+    """The full id of the workspace's evaluation that `raw_id` names, or 404: for commands,
+    which load the evaluation itself from its streams."""
+    found = await container_of(request).queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
+    if found is None:
+        raise not_found(f"evaluation {raw_id!r}")
+    return found
+
+
 async def evaluation_in(
     request: Request[Any, Any, Any], tenant: Scope, raw_id: str
 ) -> EvaluationView:
@@ -70,3 +80,13 @@ async def item_in(
     if item is None:
         raise not_found(f"item {raw_id!r}")
     return item
+
+
+def command_context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
+    """Who acts, where, under which request id: what every command handler takes."""
+    return CommandContext(
+        principal=tenant.principal,
+        org_id=tenant.org.id,
+        workspace_id=tenant.workspace.id,
+        request_id=request_id_of(request),
+    )

@@ -12,11 +12,12 @@ from litestar.params import Parameter
 from app.api.context import (
     PageNumber,
     container_of,
+    evaluation_id_in,
     evaluation_in,
     item_in,
-    request_id_of,
     resolve_scope,
 )
+from app.api.context import command_context as _context
 from app.api.openapi import errors_for
 from app.api.schemas import (
     CreatedEvaluationResponse,
@@ -33,24 +34,12 @@ from app.api.schemas import (
     history_event,
     item_response,
 )
-from app.auth import Scope
 from app.errors import ApiError, not_found
-from app.services.evaluations import CommandContext
 from app.services.time_travel import PastEvaluation, evaluation_as_of, parse_as_of
 from domain import analytics
 from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
 from domain.projections import EvaluationView
-
-
-def _context(request: Request[Any, Any, Any], tenant: Scope) -> CommandContext:
-    return CommandContext(
-        principal=tenant.principal,
-        org_id=tenant.org.id,
-        workspace_id=tenant.workspace.id,
-        request_id=request_id_of(request),
-    )
-
 
 AsOfParam = Annotated[
     str | None,
@@ -59,15 +48,6 @@ AsOfParam = Annotated[
         "event recorded at or before it)"
     ),
 ]
-
-
-async def _evaluation_id(request: Request[Any, Any, Any], tenant: Scope, raw_id: str) -> str:
-    """The full id of the workspace's evaluation named by id or unique prefix (commands load
-    the evaluation itself from its streams)."""
-    found = await container_of(request).queries.resolve_evaluation_id(tenant.workspace.id, raw_id)
-    if found is None:
-        raise not_found(f"evaluation {raw_id!r}")
-    return found
 
 
 async def _as_of(request: Request[Any, Any, Any], view: EvaluationView, raw: str) -> PastEvaluation:
@@ -84,16 +64,30 @@ class EvaluationController(Controller):
     @post(
         "/evaluation",
         status_code=201,
-        responses=errors_for(400, 401, 403, 404, 413, 415, 422, 426, 429),
+        responses=errors_for(400, 401, 403, 404, 409, 413, 415, 422, 426, 429),
     )
     async def create_evaluation(
-        self, request: Request[Any, Any, Any], org: str, ws: str, data: CreateEvaluationRequest
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        data: CreateEvaluationRequest,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header="Idempotency-Key",
+                description="Same key and body within 24 h: the first evaluation again (201); "
+                "same key, other body: 409 already_exists.",
+            ),
+        ] = None,
     ) -> EvaluationResponse:
         """Create an evaluation: one queued item per task name, dataset row, or runnable
         member of a task set (then the members it skipped are listed in `skipped_members`)."""
         tenant = await resolve_scope(request, org, ws)
         container = container_of(request)
-        view, report = await container.evaluations.create_reporting(_context(request, tenant), data)
+        view, report = await container.evaluations.create_reporting(
+            _context(request, tenant), data, idempotency_key
+        )
         created = evaluation_response(view, await container.capacity())
         if report.skipped_members is None:
             return created
@@ -157,7 +151,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Cancel: every item not yet finished becomes cancelled; 409 when already finished."""
         tenant = await resolve_scope(request, org, ws)
-        full_id = await _evaluation_id(request, tenant, evaluation_id)
+        full_id = await evaluation_id_in(request, tenant, evaluation_id)
         container = container_of(request)
         cancelled = await container.evaluations.cancel(_context(request, tenant), full_id)
         return evaluation_response(cancelled, await container.capacity())
@@ -172,7 +166,7 @@ class EvaluationController(Controller):
     ) -> EvaluationResponse:
         """Requeue failed, timed-out, cancelled and infra-error items of a finished evaluation."""
         tenant = await resolve_scope(request, org, ws)
-        full_id = await _evaluation_id(request, tenant, evaluation_id)
+        full_id = await evaluation_id_in(request, tenant, evaluation_id)
         container = container_of(request)
         reopened = await container.evaluations.retry_failed(_context(request, tenant), full_id)
         return evaluation_response(reopened, await container.capacity())

@@ -230,6 +230,8 @@ class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
     actor: dict[str, Any] | None
     request_id: str | None
     recorded_at: str
+    # The Idempotency-Key of the create request that appended it (evaluation.created).
+    idempotency_key: str | None = None
 
 
 class TranscriptSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -342,7 +344,7 @@ class FeedPage(msgspec.Struct, frozen=True):
 
 
 def history_event(record: RecordedEvent) -> HistoryEvent:
-    """An event as every audit surface shows it: history, feed and streams."""
+    """One stored event as auditors read it (the API's history and the dashboard's)."""
     metadata = codec.decode_metadata(record)
     return HistoryEvent(
         position=record.position,
@@ -356,4 +358,5 @@ def history_event(record: RecordedEvent) -> HistoryEvent:
         actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
         request_id=metadata.request_id,
         recorded_at=record.recorded_at,
+        idempotency_key=metadata.idempotency_key,
     )

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import msgspec
 
 from app.services.errors import FieldProblem, Forbidden, InvalidInput, NotFound
+from app.services.idempotency import Idempotency
 from app.services.work_signal import WorkSignal
 from domain import evaluation as ev
 from domain import item as it
@@ -136,6 +137,7 @@ class EvaluationService:
         catalog: TaskCatalog,
         settings: Settings,
         work: WorkSignal,
+        idempotency: Idempotency,
         clock: Clock = system_clock,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         tasks: TaskResolver | None = None,
@@ -151,6 +153,7 @@ class EvaluationService:
         # Without one (tests of create alone), refs resolve in the catalog and carry no digest.
         self.tasks = tasks
         self.task_sets = task_sets
+        self.idempotency = idempotency
         # Told when a command made items claimable, so an in-process worker starts at once.
         self.work = work
 
@@ -161,11 +164,20 @@ class EvaluationService:
         return view
 
     async def create_reporting(
-        self, ctx: CommandContext, request: EvaluationRequest
+        self,
+        ctx: CommandContext,
+        request: EvaluationRequest,
+        idempotency_key: str | None = None,
     ) -> tuple[EvaluationView, CreateReport]:
-        """Create, and say which members of a task set were skipped (unresolvable)."""
+        """Create, and say which members of a task set were skipped (unresolvable). With an
+        idempotency key used before for the same request: that request's evaluation."""
         if not ctx.principal.can_create(ctx.org_id, ctx.workspace_id):
             raise Forbidden("your role in this organization cannot create evaluations")
+        once = self.idempotency.begin(
+            ctx.principal.user.id, idempotency_key, ctx.workspace_id, request
+        )
+        if once is not None and (earlier := await once.earlier()) is not None:
+            return await self._current(earlier), CreateReport()
         errors: list[FieldProblem] = []
         report = CreateReport()
         specs = await self._item_specs(ctx, request, errors, report)
@@ -217,9 +229,19 @@ class EvaluationService:
             items=tuple(specs),
         )
         new_events = ev.decide(None, {}, command)
-        recorded = await self.repository.commit(
-            new_events, versions={}, metadata=self._metadata(ctx), recorded_at=iso(self.clock())
-        )
+        metadata = msgspec.structs.replace(self._metadata(ctx), idempotency_key=idempotency_key)
+        try:
+            recorded = await self.repository.commit(
+                new_events,
+                versions={},
+                metadata=metadata,
+                recorded_at=iso(self.clock()),
+                side_writes=[once.record(evaluation_id)] if once is not None else [],
+            )
+        except ConcurrencyConflict:  # a concurrent request with the same key came first
+            if once is None or (earlier := await once.earlier()) is None:
+                raise
+            return await self._current(earlier), CreateReport()
         self.work.notify()
         # A new evaluation's row is exactly the fold of its own events: no read needed.
         return fold(recorded).evaluations[evaluation_id], report
@@ -423,9 +445,7 @@ class EvaluationService:
                 )
             except ConcurrencyConflict:
                 continue  # a worker moved an item meanwhile: decide again on fresh state
-            view = await self.queries.evaluation(evaluation_id)
-            assert view is not None  # its creation was just folded into the read model
-            return view
+            return await self._current(evaluation_id)
         raise ConcurrencyConflict(f"evaluation {evaluation_id} kept changing; try again")
 
     async def _load(self, ctx: CommandContext, evaluation_id: str) -> LoadedEvaluation:
@@ -444,6 +464,11 @@ class EvaluationService:
                 "cancel and retry-failed need member (own evaluations), admin or owner"
             )
         return loaded
+
+    async def _current(self, evaluation_id: str) -> EvaluationView:
+        view = await self.queries.evaluation(evaluation_id)
+        assert view is not None  # its creation was folded into the read model with it
+        return view
 
     def _metadata(self, ctx: CommandContext) -> codec.EventMetadata:
         return codec.EventMetadata(

@@ -131,6 +131,9 @@ class ItemService:
                 metadata=codec.EventMetadata(correlation_id=state.evaluation_id),
                 recorded_at=iso(self.clock()),
                 side_writes=side_writes,
+                # A worker's outcome must not be lost to a database restart, nor recorded
+                # twice: retried with the same event ids, which the store treats as idempotent.
+                through_outage=True,
             )
         except ConcurrencyConflict as exc:
             raise ItemLost(f"item {state.item_id} moved: {exc}") from exc

@@ -27,11 +27,14 @@ from app.services.work_signal import WorkSignal
 from app.worker.runner import ItemJob, ItemRunner
 from domain import evaluation as ev
 from domain import item as it
+from domain.errors import IllegalTransition
 from domain.projections import EvaluationView, ItemView
 from domain.timestamps import iso
 from infrastructure.agents.registry import create_agent
 from infrastructure.clock import Clock
+from infrastructure.db.outage import is_database_unavailable
 from infrastructure.identity.store import IdentityStore
+from infrastructure.metrics import track_pool, untrack_pool
 from infrastructure.sandbox.protocol import SandboxProvider
 from infrastructure.sandbox.registry import ProviderRegistry
 from infrastructure.settings import Settings
@@ -126,21 +129,22 @@ class WorkerPool:
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
         ]
+        track_pool(self)
         log.info("worker_started", worker_id=self.worker_id, slots=self.slots)
 
     async def stop(self) -> None:
-        """Stop claiming, let running items end, and leave the registry."""
-        self._stopping = True
+        """Stop claiming, let running items end within the grace period, hand back the rest
+        (see "graceful shutdown" below), and leave the registry."""
+        self._stopping = True  # the claim loop ends; maintenance still renews leases
         self.work.notify()
+        await self._finish_running(self.settings.shutdown_grace_seconds)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        running = [task for task, _ in self._running.values()]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        interrupted = await self._interrupt_running()
+        untrack_pool(self)
         await self.queue.unregister_worker(self.worker_id)
-        log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=len(running))
+        log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=interrupted)
 
     # ---- claiming ----
 
@@ -151,7 +155,7 @@ class WorkerPool:
                 try:
                     claimed = await self._claim_round()
                 except Exception as exc:
-                    log.error("claim_failed", exc_info=exc)
+                    _log_failure("claim_failed", exc)
             if claimed == 0:
                 await self.work.wait(self.settings.poll_seconds)
 
@@ -270,7 +274,7 @@ class WorkerPool:
     async def _maintenance_loop(self) -> None:
         renew_every = max(0.2, self.settings.lease_seconds / 3)
         next_heartbeat = 0.0
-        while not self._stopping:
+        while True:  # until stop() cancels it, after the grace period: leases stay renewed
             await asyncio.sleep(renew_every)
             # Each step on its own: a failing one must not cost the others their turn (a
             # skipped heartbeat would make this live worker look dead to the others).
@@ -285,7 +289,7 @@ class WorkerPool:
         try:
             await step()
         except Exception as exc:
-            log.error("maintenance_failed", step=name, exc_info=exc)
+            _log_failure("maintenance_failed", exc, step=name)
 
     async def _heartbeat(self) -> None:
         await self.queue.heartbeat(self.worker_id, iso(self.clock()))
@@ -310,6 +314,53 @@ class WorkerPool:
             reaped = await self.providers.get(name).reap_orphans(live)
             if reaped:
                 log.warning("orphan_sandboxes_destroyed", provider=name, sandboxes=reaped)
+
+    # ---- graceful shutdown and metrics ----
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._running)
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self._stopping else max(0, self.slots - len(self._running))
+
+    async def _finish_running(self, grace_seconds: float) -> None:
+        """Wait up to `grace_seconds` for the running items to end on their own."""
+        running = [task for task, _ in self._running.values()]
+        if not running or grace_seconds <= 0:
+            return
+        log.info("worker_draining", worker_id=self.worker_id, items=len(running))
+        await asyncio.wait(running, timeout=grace_seconds)
+
+    async def _interrupt_running(self) -> int:
+        """Stop what still runs after the grace period and hand each item back at once: an
+        infra failure that will retry (as when a lease lapses, it counts one retry), so
+        another worker claims it now instead of after the lease expires."""
+        entries = list(self._running.values())
+        for task, _ in entries:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in entries), return_exceptions=True)
+        for _, item in entries:
+            if item.state.status not in it.IN_FLIGHT:
+                continue  # it ended while being stopped
+            try:
+                await item.execute(it.HandBack(at=self.clock()))
+                log.info("item_handed_back", item_id=item.item_id)
+            except (ItemLost, IllegalTransition):
+                pass  # moved meanwhile (cancelled, or taken back): nothing of ours to return
+            except Exception as exc:  # the database is away: the lease lapses as a fallback
+                log.error("hand_back_failed", item_id=item.item_id, error=repr(exc))
+        return len(entries)
+
+
+def _log_failure(event: str, exc: Exception, **fields: str) -> None:
+    """A database that is away (restarting) is a warning without a traceback: the loops retry
+    on their own and would otherwise print one per poll; anything else is an error."""
+    if is_database_unavailable(exc):
+        log.warning(event, reason="database unavailable", error=repr(exc), **fields)
+    else:
+        log.error(event, exc_info=exc, **fields)
 
 
 def _env_name(name: str) -> str:

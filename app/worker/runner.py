@@ -43,7 +43,9 @@ from infrastructure.agents.protocol import (
     AgentOutcome,
     redact,
 )
+from infrastructure.db.outage import is_database_unavailable
 from infrastructure.eventstore import SideWrite
+from infrastructure.metrics import sandbox_start
 from infrastructure.registry.bundles import BundleSource
 from infrastructure.sandbox.protocol import (
     EgressPolicy,
@@ -171,7 +173,12 @@ class ItemRunner:
         claimed = job.claimed
         while not work.done():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
-            stored = await self.items.stored_version(claimed.item_id)
+            try:
+                stored = await self.items.stored_version(claimed.item_id)
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    raise
+                continue  # the database restarts: look again once it is back
             if claimed.busy:
                 continue  # our own append may have committed before the item caught up
             if stored > claimed.state.version:
@@ -300,7 +307,8 @@ class ItemRunner:
             services=task.services,
             env={**variables_env, **job.secrets_env},
         )
-        sandbox = await job.provider.provision(spec)
+        with sandbox_start():
+            sandbox = await job.provider.provision(spec)
         job.sandbox = sandbox
         # The agent gets the task's files, never its answers: no task.yaml (it holds the flag),
         # no reference solution, no checker, no service's files (see Task.agent_tree).

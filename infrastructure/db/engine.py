@@ -28,7 +28,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    # pool_pre_ping: a pooled connection is checked before use, so connections that died with
+    # a database restart are replaced instead of failing the request that draws them.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 def create_sqlite_sync_engine(engine: AsyncEngine) -> Engine | None:

@@ -206,6 +206,8 @@ def running_service(
         "retry_backoff_seconds": 0.05,
         "default_max_retries": 0,
         "default_task_timeout_sec": 60,
+        # A test that ends mid-run stops its worker at once (test_worker_shutdown pins grace).
+        "shutdown_grace_seconds": 0.0,
     }
     values.update(overrides)
     settings = make_settings(database_url, **values)

@@ -226,6 +226,7 @@ COMMANDS: dict[str, Callable[[], it.AnyItemCommand]] = {
     "errored": lambda: it.EndErrored(error="checker broke"),
     "infra_failure": lambda: it.ReportInfraFailure(error="sandbox", at=NOW, backoff_seconds=2),
     "expire_lease": lambda: it.ExpireLease(at=NOW),
+    "hand_back": lambda: it.HandBack(at=NOW),
     "keep_sandbox": lambda: it.KeepSandbox(location="/tmp/sandbox"),
     "discard_sandbox": lambda: it.DiscardSandbox(location="/tmp/sandbox"),
 }
@@ -240,7 +241,10 @@ _SANDBOX_COMMANDS = {
     "keep_sandbox": (["item.sandbox_kept"], None),
     "discard_sandbox": (["item.sandbox_discarded"], None),
 }
-_LEASE = {"expire_lease": (["item.infra_failed"], "infra_error")}
+_LEASE = {
+    "expire_lease": (["item.infra_failed"], "infra_error"),
+    "hand_back": (["item.infra_failed"], "infra_error"),
+}
 DECIDES: dict[str, dict[str, tuple[list[str], str | None]]] = {
     "queued": {
         "claim": (["item.claimed", "item.provisioning"], "provisioning"),
@@ -428,7 +432,8 @@ def test_random_commands_are_either_refused_without_effect_or_applied_within_inv
         before = current
         expected = DECIDES[current.status].get(name)
         retries_left = current.retry_count < max_retries
-        if name in ("infra_failure", "expire_lease") and expected is not None and retries_left:
+        retrying = name in ("infra_failure", "expire_lease", "hand_back")
+        if retrying and expected is not None and retries_left:
             expected = (expected[0], "queued")
         try:
             decided, current = it.execute(current, [COMMANDS[name]()])

@@ -1,7 +1,7 @@
 """Leases out of the log: a table of which worker holds which in-flight item, until when.
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0005
 Create Date: 2026-11-30
 
 Until now a worker appended `item.lease_renewed` every few seconds per running item. From here
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

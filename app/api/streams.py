@@ -23,8 +23,10 @@ from app.api.context import container_of, evaluation_in, resolve_scope
 from app.api.feed import feed_org
 from app.api.openapi import errors_for
 from app.api.schemas import evaluation_response, history_event
+from app.auth import Scope, raw_key_of
 from app.container import Container
 from app.errors import ApiError, FieldError
+from app.web.session import session_key
 from domain.evaluation import TERMINAL_STATUSES
 from domain.projections import EvaluationView
 from infrastructure.eventstore import RecordedEvent
@@ -199,6 +201,18 @@ async def _feed_messages(
         container.live.unsubscribe(subscription)
 
 
+async def _stream_scope(request: Request[Any, Any, Any], org: str, ws: str) -> Scope:
+    """The caller by API key, or else by the dashboard's session cookie (a browser's
+    EventSource cannot send a header; the cookie is HttpOnly and SameSite=Lax)."""
+    container = container_of(request)
+    if raw_key_of(request) is None:
+        raw = await session_key(request, container.settings)
+        if raw is not None:
+            principal = await container.authenticator.principal_of_key(raw)
+            return await container.authenticator.scope(principal, org, ws)
+    return await resolve_scope(request, org, ws)
+
+
 class StreamController(Controller):
     path = "/api/v1/org/{org:str}"
     tags = ["audit"]
@@ -218,7 +232,7 @@ class StreamController(Controller):
     ) -> Stream:
         """The evaluation's events (items included) as they are committed, each followed by
         the evaluation as it now is; ends once the evaluation is terminal and all is sent."""
-        tenant = await resolve_scope(request, org, ws)
+        tenant = await _stream_scope(request, org, ws)
         view = await evaluation_in(request, tenant, evaluation_id)
         cursor = resume_position(request, after)
         container = container_of(request)

@@ -24,11 +24,13 @@ from app.services.task_sets import TaskSetService
 from app.services.work_signal import WorkSignal
 from infrastructure.clock import Clock, system_clock
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import AfterCommit, EventStore, in_order
+from infrastructure.eventstore import AfterCommit, EventStore, RecordedEvent, in_order
 from infrastructure.idempotency import IdempotencyKeys
 from infrastructure.identity.crypto import load_cipher
 from infrastructure.identity.store import IdentityStore
 from infrastructure.leases import LeaseBook
+from infrastructure.live.hub import LiveHub
+from infrastructure.live.routing import EventRouter, Routed
 from infrastructure.queries import ReadModelQueries
 from infrastructure.read_caches import ReadCaches
 from infrastructure.readmodels import Projector
@@ -82,7 +84,28 @@ def build_container(
     # Cached views take the fold of the committed events instead of being evicted, so a poll
     # of a running evaluation stays a cache hit (infrastructure.read_caches).
     caches = ReadCaches(settings.view_cache_seconds, projector)
-    store, leases = open_store(engine, projector=projector, after_commit=caches.committed)
+    live: LiveHub | None = None
+
+    def committed(recorded: list[RecordedEvent]) -> None:
+        caches.committed(recorded)
+        if live is not None:
+            live.wake()  # this process's own appends reach its live streams at once
+
+    store, leases = open_store(engine, projector=projector, after_commit=committed)
+
+    async def forget_changed(routed: list[Routed]) -> None:
+        # Another process's appends may reach a stream before this server's log tail does:
+        # the evaluation objects the streams send must not come from a stale cached view.
+        caches.views.forget_recorded([r.record for r in routed])
+
+    live = LiveHub(
+        lambda after, limit: store.read_all(after_position=after, limit=limit),
+        store.last_position,
+        EventRouter(engine),
+        poll_seconds=settings.live_poll_seconds,
+        queue_limit=settings.sse_queue_limit,
+        before_delivery=forget_changed,
+    )
     repository = Repository(store)
     queries = ReadModelQueries(engine, caches.views, caches.lists)
     identity = IdentityStore(engine, load_cipher(settings))
@@ -143,4 +166,5 @@ def build_container(
         work=work,
         providers=providers or sandbox_providers(settings),
         caches=caches,
+        live=live,
     )

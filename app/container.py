@@ -22,6 +22,7 @@ from infrastructure.clock import Clock
 from infrastructure.eventstore import EventStore
 from infrastructure.expiring import ExpiringMap
 from infrastructure.identity.store import IdentityStore
+from infrastructure.live.hub import LiveHub
 from infrastructure.queries import ReadModelQueries
 from infrastructure.read_caches import ReadCaches
 from infrastructure.registry.bundles import BundleSource
@@ -58,6 +59,7 @@ class Container:
     work: WorkSignal
     providers: ProviderRegistry
     caches: ReadCaches
+    live: LiveHub
     _capacity: ExpiringMap[str, int] = field(
         default_factory=lambda: ExpiringMap(CAPACITY_CACHE_SECONDS, max_entries=1)
     )
@@ -111,5 +113,6 @@ class Container:
                 log.warning("log_tail_failed", error=repr(exc))
 
     async def close(self) -> None:
+        await self.live.close()
         await self.store.close()
         await self.engine.dispose()

@@ -17,12 +17,14 @@ from litestar.types import ControllerRouterHandler
 
 from app.api.capabilities import CapabilityController
 from app.api.evaluations import EvaluationController
+from app.api.feed import FeedController
 from app.api.health import health, ready
 from app.api.metrics import metrics_endpoint
 from app.api.oci import ClientRegistryController, RegistryController
 from app.api.runtimes import RuntimeController
 from app.api.sandboxes import SandboxController
 from app.api.scope import ScopeController
+from app.api.streams import StreamController
 from app.api.task_problems import TaskProblemController
 from app.api.task_sets import TaskSetController
 from app.api.tasks import TaskController
@@ -48,6 +50,8 @@ ROUTES: list[ControllerRouterHandler] = [
     RuntimeController,
     CapabilityController,
     TaskProblemController,
+    FeedController,
+    StreamController,
     health,
     ready,
     metrics_endpoint,

@@ -71,6 +71,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_blob_bytes: int = 64 * 1024 * 1024
     # Where bundles are unpacked by digest (what create validates and the worker runs).
     bundle_cache: str = ".assay/bundles"
+    # Live streams (server-sent events): a `: keep-alive` comment every this many seconds; a
+    # subscriber this many events behind is dropped (it resumes with Last-Event-ID); the
+    # tailer reads other processes' appends every live_poll_seconds.
+    sse_heartbeat_seconds: float = 15.0
+    sse_queue_limit: int = 5000
+    live_poll_seconds: float = 0.05
     # Bearer token `GET /metrics` requires; unset: the metrics are open (bind to a private net).
     metrics_token: str | None = None
     # After SIGTERM a worker claims nothing more and lets running items finish this long, then
@@ -119,6 +125,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("view_tail_seconds", float),
             ("max_blob_bytes", int),
             ("bundle_cache", str),
+            ("sse_heartbeat_seconds", float),
+            ("sse_queue_limit", int),
+            ("live_poll_seconds", float),
             ("metrics_token", str),
             ("shutdown_grace_seconds", float),
         ):

@@ -35,6 +35,7 @@ from app.api.schemas import (
     item_response,
 )
 from app.errors import ApiError, not_found
+from app.services.time_travel import PastEvaluation, evaluation_as_of, parse_as_of
 from domain import analytics
 from domain.evaluation import EVALUATION_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES
@@ -65,6 +66,20 @@ class _Responses:
 
 
 _responses = _Responses()
+
+
+AsOfParam = Annotated[
+    str | None,
+    Parameter(
+        description="the answer as it was at this event position or RFC 3339 time (the last "
+        "event recorded at or before it)"
+    ),
+]
+
+
+async def _as_of(request: Request[Any, Any, Any], view: EvaluationView, raw: str) -> PastEvaluation:
+    return await evaluation_as_of(container_of(request).queries, view.id, parse_as_of(raw))
+
 
 PageSize = Annotated[int, Parameter(ge=1, le=200, description="items per page (max 200)")]
 
@@ -137,16 +152,21 @@ class EvaluationController(Controller):
             page_size=page_size,
         )
 
-    @get("/evaluation/{evaluation_id:str}", responses=errors_for(401, 404, 409, 426, 429))
+    @get("/evaluation/{evaluation_id:str}", responses=errors_for(401, 404, 409, 422, 426, 429))
     async def get_evaluation(
-        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        evaluation_id: str,
+        as_of: AsOfParam = None,
     ) -> EvaluationResponse:
         """One evaluation by id or unique id prefix (at least 8 hex characters)."""
         tenant = await resolve_scope(request, org, ws)
-        return evaluation_response(
-            await evaluation_in(request, tenant, evaluation_id),
-            await container_of(request).capacity(),
-        )
+        view = await evaluation_in(request, tenant, evaluation_id)
+        if as_of is not None:
+            view = (await _as_of(request, view, as_of)).evaluation
+        return evaluation_response(view, await container_of(request).capacity())
 
     @post(
         "/evaluation/{evaluation_id:str}/cancel",
@@ -178,18 +198,30 @@ class EvaluationController(Controller):
         reopened = await container.evaluations.retry_failed(_context(request, tenant), full_id)
         return evaluation_response(reopened, await container.capacity())
 
-    @get("/evaluation/{evaluation_id:str}/analytics", responses=errors_for(401, 404, 409, 426, 429))
+    @get(
+        "/evaluation/{evaluation_id:str}/analytics",
+        responses=errors_for(401, 404, 409, 422, 426, 429),
+    )
     async def get_analytics(
-        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        evaluation_id: str,
+        as_of: AsOfParam = None,
     ) -> analytics.Analytics:
         """Pass rate, counts, per-task breakdown, durations and grouped errors."""
         tenant = await resolve_scope(request, org, ws)
         view = await evaluation_in(request, tenant, evaluation_id)
+        if as_of is not None:
+            past = await _as_of(request, view, as_of)
+            return analytics.compute(past.evaluation, past.items)
         items = await container_of(request).queries.items(view.id)
         return analytics.compute(view, items)
 
     @get(
-        "/evaluation/{evaluation_id:str}/items", responses=errors_for(400, 401, 404, 409, 426, 429)
+        "/evaluation/{evaluation_id:str}/items",
+        responses=errors_for(400, 401, 404, 409, 422, 426, 429),
     )
     async def list_items(
         self,
@@ -198,26 +230,43 @@ class EvaluationController(Controller):
         ws: str,
         evaluation_id: str,
         status: str | None = None,
+        as_of: AsOfParam = None,
     ) -> ItemList:
         """The evaluation's items in position order, optionally filtered by status."""
         tenant = await resolve_scope(request, org, ws)
         if status is not None and status not in ITEM_STATUSES:
             raise ApiError(400, f"status must be one of {', '.join(ITEM_STATUSES)}")
         view = await evaluation_in(request, tenant, evaluation_id)
-        items = await container_of(request).queries.items(view.id, status=status)
+        if as_of is not None:
+            past = await _as_of(request, view, as_of)
+            items = [i for i in past.items if status is None or i.status == status]
+        else:
+            items = await container_of(request).queries.items(view.id, status=status)
         return ItemList(items=[item_response(i) for i in items], total=len(items))
 
     @get(
         "/evaluation/{evaluation_id:str}/items/{item_id:str}",
-        responses=errors_for(401, 404, 409, 426, 429),
+        responses=errors_for(401, 404, 409, 422, 426, 429),
     )
     async def get_item(
-        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str, item_id: str
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        evaluation_id: str,
+        item_id: str,
+        as_of: AsOfParam = None,
     ) -> ItemResponse:
         """One item by id or unique id prefix."""
         tenant = await resolve_scope(request, org, ws)
         view = await evaluation_in(request, tenant, evaluation_id)
-        return item_response(await item_in(request, view, item_id))
+        item = await item_in(request, view, item_id)
+        if as_of is not None:
+            found = (await _as_of(request, view, as_of)).item(item.id)
+            if found is None:
+                raise not_found(f"item {item_id!r} as of {as_of!r} (it did not exist yet)")
+            item = found
+        return item_response(item)
 
     @get(
         "/evaluation/{evaluation_id:str}/items/{item_id:str}/transcript",

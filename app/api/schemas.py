@@ -335,6 +335,14 @@ def item_response(view: ItemView) -> ItemResponse:
     )
 
 
+class FeedPage(msgspec.Struct, frozen=True):
+    """The org feed: its events after a position, ascending; `next_after` continues a full
+    page (null when this page was the last)."""
+
+    events: list[HistoryEvent]
+    next_after: int | None
+
+
 def history_event(record: RecordedEvent) -> HistoryEvent:
     """One stored event as auditors read it (the API's history and the dashboard's)."""
     metadata = codec.decode_metadata(record)

@@ -58,17 +58,40 @@ def _session_middleware(app: ASGIApp, config: CookieBackendConfig) -> SessionMid
     return SessionMiddleware(app=app, backend=ClientSideSessionBackend(config=config))
 
 
-def web_middleware(settings: Settings) -> list[DefineMiddleware]:
-    """Session first (CSRF failures then still render for a signed-in user), then CSRF."""
-    secret = settings.web_secret or secrets.token_hex(32)
-    session = CookieBackendConfig(
-        secret=_derived(secret, "session"),
+# Without ASSAY_WEB_SECRET, one random secret per process, so every reader of the session
+# cookie in this process (the dashboard's middleware, the API's live stream) agrees on it.
+_PROCESS_SECRET = secrets.token_hex(32)
+
+
+def _secret(settings: Settings) -> str:
+    return settings.web_secret or _PROCESS_SECRET
+
+
+def _session_config(settings: Settings) -> CookieBackendConfig:
+    return CookieBackendConfig(
+        secret=_derived(_secret(settings), "session"),
         key=SESSION_COOKIE,
         max_age=SESSION_HOURS * 3600,
         httponly=True,
         samesite="lax",
         secure=settings.web_secure_cookies,
     )
+
+
+async def session_key(request: Request[Any, Any, Any], settings: Settings) -> str | None:
+    """The API key a dashboard session cookie carries, for the one API route a browser
+    reaches with its cookie alone: the evaluation stream (EventSource sends no header)."""
+    if not any(name.startswith(SESSION_COOKIE) for name in request.cookies):
+        return None
+    backend = ClientSideSessionBackend(config=_session_config(settings))
+    raw = (await backend.load_from_connection(request)).get(SESSION_KEY)
+    return raw if isinstance(raw, str) else None
+
+
+def web_middleware(settings: Settings) -> list[DefineMiddleware]:
+    """Session first (CSRF failures then still render for a signed-in user), then CSRF."""
+    secret = _secret(settings)
+    session = _session_config(settings)
     csrf = CSRFConfig(
         secret=_derived(secret, "csrf").hex(),
         cookie_name=CSRF_COOKIE,

@@ -11,12 +11,15 @@ from typing import Literal
 
 import msgspec
 
-Role = Literal["owner", "admin", "member", "viewer"]
-ROLE_NAMES: tuple[Role, ...] = ("owner", "admin", "member", "viewer")
+Role = Literal["owner", "admin", "member", "viewer", "auditor"]
+ROLE_NAMES: tuple[Role, ...] = ("owner", "admin", "member", "viewer", "auditor")
 # Roles that may start work (create evaluations, projects, ...); viewers only read.
 CREATOR_ROLES: frozenset[str] = frozenset({"owner", "admin", "member"})
 # Roles that may manage (cancel, retry, ...) what anybody in the org created.
 MANAGER_ROLES: frozenset[str] = frozenset({"owner", "admin"})
+# Roles that may read the org-wide event feed (auditors read everything of the org, write
+# nothing: they are in neither set above).
+FEED_ROLES: frozenset[str] = frozenset({"owner", "admin", "auditor"})
 
 
 class IdentityError(Exception):
@@ -162,3 +165,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
         if role in MANAGER_ROLES:
             return True
         return role == "member" and created_by is not None and created_by == self.user.id
+
+    def can_read_feed(self, org_id: str) -> bool:
+        """The org-wide feed shows every workspace: owners, admins and auditors, with a key
+        that is not scoped to one workspace."""
+        return self.key_workspace_id is None and self.role_in(org_id) in FEED_ROLES

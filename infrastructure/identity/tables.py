@@ -17,7 +17,7 @@ TIME = sa.String(32)
 SLUG = sa.String(64)
 NAME = sa.String(255)
 
-ROLES = ("owner", "admin", "member", "viewer")
+ROLES = ("owner", "admin", "member", "viewer", "auditor")
 
 orgs = sa.Table(
     "orgs",

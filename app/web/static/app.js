@@ -46,14 +46,16 @@
     if (!stream || !window.EventSource) { poll(target, url, isDone); return; }
     var source = new EventSource(stream, { withCredentials: true });
     var pending = false;
-    source.onmessage = function () {
+    // Every event of the stream is followed by an `evaluation` message (the evaluation as it
+    // now is): one refresh per such message.
+    source.addEventListener("evaluation", function () {
       if (pending) { return; }
       pending = true;
       swap(target, url, function () {
         pending = false;
         if (isDone()) { source.close(); }
       });
-    };
+    });
     source.onerror = function () {
       // No stream here (or it broke): poll instead, once.
       source.close();

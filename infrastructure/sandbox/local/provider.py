@@ -35,12 +35,13 @@ from infrastructure.sandbox.local.metadata import (
     terminate_recorded,
     write_meta,
 )
+from infrastructure.sandbox.local.etc_tree import etc_tree
 from infrastructure.sandbox.local.mounts import mount_tmpfs
 from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE, UidPool
 from infrastructure.sandbox.local.processes import boot_id, now_ticks, wait_gone
 from infrastructure.sandbox.local.strict import VIEW_CPUS, StrictSandbox, remove_item_files
 from infrastructure.sandbox.local.strict_probe import FIX, StrictTools, probe_strict
-from infrastructure.sandbox.local.view import Principal
+from infrastructure.sandbox.local.view import ETC_ALLOWED, Principal
 from infrastructure.sandbox.local.weak import WeakSandbox
 from infrastructure.sandbox.local.weak_probe import Isolation, probe_isolation
 from infrastructure.sandbox.network import ItemNetwork
@@ -168,6 +169,13 @@ class LocalSandboxProvider:
         }
 
     # -- strict helpers (used by StrictSandbox) ----------------------------------------------
+
+    @property
+    def etc(self) -> str:
+        """The views' shared /etc (see `etc_tree`), made on first use: beside the item
+        folders, so every principal's uid can traverse to it."""
+        self.views_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        return etc_tree(self.views_root / ".etc", ETC_ALLOWED)
 
     def cgroup(self, name: str, spec: SandboxSpec) -> Cgroup:
         return Cgroup(

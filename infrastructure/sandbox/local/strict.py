@@ -131,6 +131,7 @@ class StrictSandbox:
                 own_network=self._netns is None,
                 extra_folders=view.extra,
                 resolv_conf=self._resolv_conf(),
+                etc=provider.etc,
             )
             argv = provider.tools.enter(self._netns, principal.uid, principal.group) + argv
             server = ExecServer(f"{principal.role} {principal.name}", provider.output_limit)

@@ -92,6 +92,7 @@ class WorkerPool:
             Path(settings.sandbox_root),
             isolation="weak" if settings.sandbox_isolation == "weak" else "strict",
             uid_range=parse_uid_range(settings.sandbox_uids),
+            warm=slots,
         )
         self._running: dict[str, tuple[asyncio.Task[None], ItemHandle]] = {}
         self._last_served: dict[str, float] = {}
@@ -149,6 +150,7 @@ class WorkerPool:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        await self.providers.close()
         await self.queue.unregister_worker(self.worker_id)
         log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=len(running))
 

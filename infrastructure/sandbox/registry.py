@@ -13,6 +13,7 @@ from pathlib import Path
 from infrastructure.sandbox.docker import DockerSandboxProvider, daemon_answers
 from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE
+from infrastructure.sandbox.local.warm_pool import WarmPool
 from infrastructure.sandbox.protocol import IsolationLevel, SandboxProvider
 
 DEFAULT_SANDBOX_ROOT = Path(".assay/sandboxes")
@@ -48,19 +49,27 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         return sorted(self._providers)
 
+    async def close(self) -> None:
+        """Give back what providers hold ahead of items (a warm pool's sandboxes)."""
+        for provider in self._providers.values():
+            close = getattr(provider, "close", None)
+            if close is not None:
+                await close()
+
 
 def default_registry(
     sandbox_root: Path = DEFAULT_SANDBOX_ROOT,
     *,
     isolation: IsolationLevel = "strict",
     uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
+    warm: int = 0,
 ) -> ProviderRegistry:
     """A registry holding what this build runs: the `local` provider, under `sandbox_root`,
-    at the given isolation level."""
+    at the given isolation level; with `warm` > 0 (a worker passes its slots) strict
+    sandboxes are pre-started, up to that many (`local/warm_pool.py`)."""
     registry = ProviderRegistry()
-    registry.register(
-        LocalSandboxProvider(Path(sandbox_root), isolation=isolation, uid_range=uid_range)
-    )
+    local = LocalSandboxProvider(Path(sandbox_root), isolation=isolation, uid_range=uid_range)
+    registry.register(WarmPool(local, warm) if warm > 0 and isolation == "strict" else local)
     if daemon_answers():  # one ping, once per process; the provider itself is lazy
         registry.register(DockerSandboxProvider(scope=str(Path(sandbox_root).absolute())))
     return registry

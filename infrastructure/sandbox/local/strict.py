@@ -88,6 +88,7 @@ class StrictSandbox:
         self._checkers: list[StrictSandbox] = []
         self._checker_of = checker_of
         self._destroyed = False
+        self._adopted = False
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -110,6 +111,28 @@ class StrictSandbox:
 
     def endpoints(self) -> Mapping[str, ServiceEndpoint]:
         return dict(self._endpoints)
+
+    # -- pre-started (warm_pool.py) ---------------------------------------------------------
+
+    async def start_agent_view(self) -> None:
+        """Start the agent's view now rather than at its first command."""
+        await self._server(self._agent)
+
+    @property
+    def ready(self) -> bool:
+        """Not destroyed and its agent view still running (a pre-started sandbox to hand out)."""
+        server = self._agent.server
+        return not self._destroyed and server is not None and server.alive
+
+    async def adopt(self, spec: SandboxSpec) -> None:
+        """Become `spec`'s item's sandbox: a pre-started one is handed out once, to one item,
+        whose spec (environment) its commands then use and whose id its metadata records."""
+        if self._adopted:
+            raise SandboxError(f"sandbox {self.id} was already handed out")
+        self._adopted = True
+        self.spec = spec
+        self._meta.item_id = spec.item_id
+        await asyncio.to_thread(self._save_meta)
 
     # -- views ------------------------------------------------------------------------------
 

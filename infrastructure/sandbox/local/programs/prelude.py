@@ -19,7 +19,8 @@ RTLD_NOW = 2
 
 def prctl(option: int, value: int) -> bool:
     try:
-        function = _ctypes.dlsym(_ctypes.dlopen(None, RTLD_NOW), "prctl")
+        # dlopen(None): the program itself, libc included (typeshed wants a name).
+        function = _ctypes.dlsym(_ctypes.dlopen(None, RTLD_NOW), "prctl")  # type: ignore[arg-type]
         return int(_ctypes.call_function(function, (option, value, 0, 0, 0))) == 0
     except Exception:
         return False

@@ -23,6 +23,11 @@ from tests.infrastructure.strict_support import (
 )
 
 
+def token(sandbox_id: str) -> str:
+    """What stays of a sandbox's id when it is handed out (it then takes the item's name)."""
+    return sandbox_id.rsplit("--", 1)[-1]
+
+
 async def filled(pool: WarmPool, count: int) -> None:
     """Wait until `count` sandboxes wait in the pool (a first provision set it going)."""
     for _ in range(400):
@@ -55,9 +60,11 @@ async def test_an_item_leaves_nothing_for_the_next_and_cannot_reach_the_waiting_
 ) -> None:
     first = await take(pool, "item-a")  # fresh: the pool was empty; now it fills
     await filled(pool, 2)
-    waiting = pool.warm_ids()
+    waiting = [token(sandbox_id) for sandbox_id in pool.warm_ids()]
     second = await take(pool, "item-b")
-    assert pool.handed_out == 1 and second.id in waiting
+    assert pool.handed_out == 1 and token(second.id) in waiting
+    # Handed out, it is named and recorded as the item's, like a fresh one.
+    assert Path(second.location).name.startswith("item-b--") and second.id.startswith("item-b")
     # item-b, hostile: plants a detached process and files everywhere it can write, then
     # tries to find and hit the sandbox still waiting in the pool.
     await sh(
@@ -83,7 +90,7 @@ async def test_an_item_leaves_nothing_for_the_next_and_cannot_reach_the_waiting_
     assert commands_of_uid(leftover_uid) == []
 
     third = await take(pool, "item-c")
-    assert third.id in waiting and third.id != second.id
+    assert token(third.id) in waiting and third.id != second.id
     # The waiting sandbox was not hit: its view still serves, and it is as fresh as new.
     assert third._agent.principal.uid not in (first._agent.principal.uid, leftover_uid)
     seen = await sh(
@@ -104,7 +111,7 @@ async def test_a_warm_sandbox_is_handed_out_once_and_takes_the_items_spec(
     first = await take(pool, "item-a")
     await filled(pool, 2)
     boxes = [await take(pool, f"item-{n}") for n in range(2)]
-    assert len({box.id for box in [first, *boxes]}) == 3
+    assert len({token(box.id) for box in [first, *boxes]}) == 3
     # The item's environment reaches its commands; its id is in the metadata operators and
     # orphan reaping read.
     handed = await pool.provision(spec(item_id="item-env", env={"TASK_VAR": "from-item"}))
@@ -112,6 +119,10 @@ async def test_a_warm_sandbox_is_handed_out_once_and_takes_the_items_spec(
     assert (await sh(handed, "echo $TASK_VAR")).strip() == "from-item"
     recorded = {meta.id: meta.item_id for meta in pool.provider.sandboxes()}
     assert recorded[boxes[0].id] == "item-0"
+    # The handed-out sandbox's files moved with its name; the view still works over them.
+    await boxes[0].put_file("note.txt", b"kept")
+    assert (boxes[0].workspace / "note.txt").read_bytes() == b"kept"
+    assert (await sh(boxes[0], "cat note.txt")) == "kept"
     with pytest.raises(SandboxError, match="already handed out"):
         await boxes[0].adopt(spec(item_id="item-again"))
     for box in [first, *boxes, handed]:

@@ -25,11 +25,18 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from infrastructure.sandbox.local.cgroups import Cgroup
-from infrastructure.sandbox.local.constants import SAFE_PATH
+from infrastructure.sandbox.local.constants import META_SUFFIX, SAFE_PATH
 from infrastructure.sandbox.local.exec_client import ExecServer
 from infrastructure.sandbox.local.files import SandboxFileNotFound, read_beneath, relative_parts
-from infrastructure.sandbox.local.metadata import SandboxMeta, remove_sandbox_files, write_meta
+from infrastructure.sandbox.local.metadata import (
+    SandboxMeta,
+    remove_sandbox_files,
+    safe_name,
+    write_meta,
+)
 from infrastructure.sandbox.local.mounts import mounts_below, unmount
 from infrastructure.sandbox.local.view import Principal, ViewFds, bwrap_argv
 from infrastructure.sandbox.network import ItemNetwork
@@ -126,13 +133,39 @@ class StrictSandbox:
 
     async def adopt(self, spec: SandboxSpec) -> None:
         """Become `spec`'s item's sandbox: a pre-started one is handed out once, to one item,
-        whose spec (environment) its commands then use and whose id its metadata records."""
+        whose spec (environment) its commands then use. It takes the id and folder name a
+        fresh one would have (`<item>--<worker>--<token>`), so operators and orphan reaping
+        find it by the item; the running view keeps its binds (they follow the folder)."""
         if self._adopted:
             raise SandboxError(f"sandbox {self.id} was already handed out")
         self._adopted = True
         self.spec = spec
-        self._meta.item_id = spec.item_id
-        await asyncio.to_thread(self._save_meta)
+        token = self._meta.id.rsplit("--", 1)[-1]
+        new_id = "--".join((safe_name(spec.item_id), safe_name(spec.worker_id), token))
+        old_dir, old_meta_path = self._dir, self._meta_path
+        new_dir = old_dir.with_name(new_id)
+        new_meta_path = old_meta_path.with_name(new_id + META_SUFFIX)
+
+        def move() -> None:
+            # Metadata under the new name first: a crash in between leaves both findable.
+            meta = msgspec.structs.replace(
+                self._meta, id=new_id, item_id=spec.item_id, path=str(new_dir)
+            )
+            write_meta(new_meta_path, meta)
+            old_dir.rename(new_dir)
+            old_meta_path.unlink(missing_ok=True)
+            self._meta, self._meta_path, self._dir = meta, new_meta_path, new_dir
+            principal = self._agent.principal
+            self._agent.principal = msgspec.structs.replace(
+                principal,
+                workspace=str(new_dir / principal.name / "workspace"),
+                tmp=str(new_dir / principal.name / "tmp"),
+            )
+
+        try:
+            await asyncio.to_thread(move)
+        except OSError as exc:
+            raise SandboxError(f"cannot hand out sandbox {self.id}: {exc}") from exc
 
     # -- views ------------------------------------------------------------------------------
 

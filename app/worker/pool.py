@@ -92,7 +92,7 @@ class WorkerPool:
             Path(settings.sandbox_root),
             isolation="weak" if settings.sandbox_isolation == "weak" else "strict",
             uid_range=parse_uid_range(settings.sandbox_uids),
-            warm=slots,
+            warm=slots if settings.sandbox_warm < 0 else settings.sandbox_warm,
         )
         self._running: dict[str, tuple[asyncio.Task[None], ItemHandle]] = {}
         self._last_served: dict[str, float] = {}

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_compare.py [--only inspect|eventsourcing|scale]
         [--runs N] [--samples N] [--concurrency C] [--backend sqlite|postgresql|both]
+        [--warm-pool on|off|both]
 
 Peers are installed into virtualenvs of their own under `.bench-venvs/` (never into the
 project's): `inspect` is Inspect AI at `INSPECT_VERSION`, created on first use.
@@ -149,9 +150,9 @@ def run_inspect(python: Path, samples: int, concurrency: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_assay(backend: str, samples: int, concurrency: int) -> dict[str, Any]:
+def run_assay(backend: str, samples: int, concurrency: int, warm: bool) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "_assay", backend, str(samples), str(concurrency)],
+        [sys.executable, __file__, "_assay", backend, str(samples), str(concurrency), str(warm)],
         check=True,
         capture_output=True,
         text=True,
@@ -160,16 +161,16 @@ def run_assay(backend: str, samples: int, concurrency: int) -> dict[str, Any]:
     return result
 
 
-async def assay_once(backend: str, samples: int, concurrency: int) -> dict[str, Any]:
+async def assay_once(backend: str, samples: int, concurrency: int, warm: bool) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_worker import PgDatabase
     from cryptography.fernet import Fernet
 
     from app.api.schemas import CreateEvaluationRequest
     from app.container import Container
     from app.logging import configure_logging
     from app.services.evaluations import CommandContext
-    from bench_worker import PgDatabase
     from domain.evaluation import TERMINAL_STATUSES
     from infrastructure.db.migrate import upgrade
     from infrastructure.identity.bootstrap import bootstrap
@@ -200,6 +201,7 @@ async def assay_once(backend: str, samples: int, concurrency: int) -> dict[str, 
             secret_key=Fernet.generate_key().decode(),
             task_paths=(str(workdir / "tasks"),),
             sandbox_root=str(workdir / "sandboxes"),
+            sandbox_warm=-1 if warm else 0,
             log_level="WARNING",
         )
         container = Container.build(settings)
@@ -258,7 +260,8 @@ async def assay_once(backend: str, samples: int, concurrency: int) -> dict[str, 
 def compare_inspect(args: argparse.Namespace) -> None:
     python = peer_python("inspect", f"inspect-ai=={INSPECT_VERSION}")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    sides = ["inspect", *(f"assay-{b}" for b in backends)]
+    pools = {"on": [""], "off": ["-nowarm"], "both": ["", "-nowarm"]}[args.warm_pool]
+    sides = ["inspect", *(f"assay-{b}{p}" for b in backends for p in pools)]
     figures: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for run in range(args.runs):
         order = sides if run % 2 == 0 else list(reversed(sides))
@@ -267,7 +270,9 @@ def compare_inspect(args: argparse.Namespace) -> None:
             if side == "inspect":
                 result = run_inspect(python, args.samples, args.concurrency)
             else:
-                result = run_assay(side.split("-", 1)[1], args.samples, args.concurrency)
+                backend = side.split("-")[1]
+                warm = not side.endswith("-nowarm")
+                result = run_assay(backend, args.samples, args.concurrency, warm)
             figures[side].append(result)
             progress(f"   wall {result['wall']:.2f}s, CPU {result['cpu']:.2f}s")
     print(
@@ -281,7 +286,8 @@ def compare_inspect(args: argparse.Namespace) -> None:
         label = (
             f"Inspect AI {INSPECT_VERSION}, `local` sandbox (no isolation)"
             if side == "inspect"
-            else f"Assay, {side.removeprefix('assay-')}, strict sandbox"
+            else f"Assay, {side.split('-')[1]}, strict sandbox"
+            + (", no warm pool" if side.endswith("-nowarm") else ", warm pool")
         )
         walls = [r["wall"] for r in rows]
         per = [r["wall"] * 1000 / r["samples"] for r in rows]
@@ -294,8 +300,10 @@ def compare_inspect(args: argparse.Namespace) -> None:
     print("\n| ratio (paired by run) | wall, min / median / max | CPU, min / median / max |")
     print("|---|---|---|")
     for side in sides[1:]:
-        walls = [a["wall"] / i["wall"] for a, i in zip(figures[side], figures["inspect"])]
-        cpus = [a["cpu"] / i["cpu"] for a, i in zip(figures[side], figures["inspect"])]
+        walls = [
+            a["wall"] / i["wall"] for a, i in zip(figures[side], figures["inspect"], strict=True)
+        ]
+        cpus = [a["cpu"] / i["cpu"] for a, i in zip(figures[side], figures["inspect"], strict=True)]
         verdict = "met" if statistics.median(walls) <= 1.0 else "not met"
         print(
             f"| {side} / inspect | {summary(walls, 2)} | {summary(cpus, 2)} |"
@@ -314,8 +322,8 @@ def run_extra(name: str, args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_assay"]:
-        backend, samples, concurrency = argv[1], int(argv[2]), int(argv[3])
-        print(json.dumps(asyncio.run(assay_once(backend, samples, concurrency))))
+        backend, samples, concurrency, warm = argv[1], int(argv[2]), int(argv[3]), argv[4]
+        print(json.dumps(asyncio.run(assay_once(backend, samples, concurrency, warm == "True"))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["inspect", *EXTRA_COMPARISONS], default=None)
@@ -324,6 +332,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
         "--backend", choices=["sqlite", "postgresql", "both"], default="sqlite", help="Assay's"
+    )
+    parser.add_argument(
+        "--warm-pool",
+        choices=["on", "off", "both"],
+        default="on",
+        help="Assay's worker with its warm sandbox pool (the default), without, or both",
     )
     args = parser.parse_args(argv)
     for name in ["inspect", *EXTRA_COMPARISONS]:

@@ -198,7 +198,7 @@ class StrictSandbox:
             finally:
                 fds.close()
             try:
-                cgroup.add(init)
+                await cgroup.add(init)
             except SandboxError:
                 await server.stop()
                 raise

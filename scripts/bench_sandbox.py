@@ -1,7 +1,8 @@
 """What one sandboxed item costs, per isolation level: wall time and CPU (the worker's own and
 its children's: bwrap, nsenter, the exec server, bash), one item at a time and N at once.
 
-    .venv/bin/python scripts/bench_sandbox.py [--items N] [--concurrency C] [--levels weak,strict,warm]
+    .venv/bin/python scripts/bench_sandbox.py [--items N] [--concurrency C]
+        [--levels weak,strict,warm]
 
 Each item is what the oracle does on a trivial flag task: provision a sandbox, put a file,
 run one command that prints the flag, read a file back, end the agent's turn (kill_all), and

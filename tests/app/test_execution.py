@@ -643,9 +643,10 @@ def test_cleanup_always_removes_the_sandbox_once_the_item_ends(service: Start) -
     left = [p.name for p in engine.sandbox_root.iterdir() if not p.name.startswith("warm--")]
     assert left in ([], [".networks"])
     networks = engine.sandbox_root / ".networks"
-    assert not networks.exists() or [
-        p for p in networks.iterdir() if not p.name.startswith("warm--")
-    ] == []
+    assert (
+        not networks.exists()
+        or [p for p in networks.iterdir() if not p.name.startswith("warm--")] == []
+    )
 
 
 # ---- retry-failed ----

@@ -39,8 +39,11 @@ def _fingerprint(names: Iterable[str], source: Path) -> str:
         top = source / name
         paths = [top]
         if top.is_dir() and not top.is_symlink():
-            paths += sorted(Path(folder) / entry for folder, dirs, files in os.walk(top)
-                            for entry in (*dirs, *files))
+            paths += sorted(
+                Path(folder) / entry
+                for folder, dirs, files in os.walk(top)
+                for entry in (*dirs, *files)
+            )
         for path in paths:
             try:
                 info = path.lstat()

@@ -28,6 +28,7 @@ from infrastructure.sandbox.local.constants import (
     OUTPUT_LIMIT,
     SAFE_PATH,
 )
+from infrastructure.sandbox.local.etc_tree import etc_tree
 from infrastructure.sandbox.local.metadata import (
     SandboxMeta,
     remove_sandbox_files,
@@ -35,7 +36,6 @@ from infrastructure.sandbox.local.metadata import (
     terminate_recorded,
     write_meta,
 )
-from infrastructure.sandbox.local.etc_tree import etc_tree
 from infrastructure.sandbox.local.mounts import mount_tmpfs
 from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE, UidPool
 from infrastructure.sandbox.local.processes import boot_id, now_ticks, wait_gone

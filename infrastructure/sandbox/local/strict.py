@@ -38,7 +38,8 @@ from infrastructure.sandbox.local.metadata import (
     write_meta,
 )
 from infrastructure.sandbox.local.mounts import mounts_below, unmount
-from infrastructure.sandbox.local.view import Principal, ViewFds, bwrap_argv
+from infrastructure.sandbox.local.programs import compiled
+from infrastructure.sandbox.local.view import VIEW_PYTHON, Principal, ViewFds, bwrap_argv
 from infrastructure.sandbox.network import ItemNetwork
 from infrastructure.sandbox.protocol import (
     WORKSPACE,
@@ -188,6 +189,7 @@ class StrictSandbox:
                 extra_folders=view.extra,
                 resolv_conf=self._resolv_conf(),
                 etc=provider.etc,
+                server_code=compiled("exec_server", VIEW_PYTHON),
             )
             argv = provider.tools.enter(self._netns, principal.uid, principal.group) + argv
             server = ExecServer(f"{principal.role} {principal.name}", provider.output_limit)

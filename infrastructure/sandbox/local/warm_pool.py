@@ -156,4 +156,3 @@ class WarmPool:
     def warm_ids(self) -> list[str]:
         """Ids of the sandboxes waiting in the pool (tests and operators)."""
         return [sandbox.id for sandbox in self._ready]
-

@@ -152,3 +152,27 @@ async def test_close_destroys_the_sandboxes_never_handed_out(pool: WarmPool) -> 
     assert pool.warm_ids() == [] and pool.handed_out == 0
     for box in (first, fresh):
         await box.destroy()
+
+
+async def test_the_pool_refills_after_each_hand_out_and_gives_back_what_nobody_asks_for(
+    tmp_path: Path,
+) -> None:
+    require_root()
+    pool = WarmPool(strict_provider(tmp_path / "sandboxes"), 2, idle_seconds=3.0)
+    try:
+        first = await take(pool, "item-a")
+        await filled(pool, 2)
+        second = await take(pool, "item-b")  # the filler waits, full: this must wake it
+        await filled(pool, 2)
+        assert pool.handed_out == 1
+        for box in (first, second):
+            await box.destroy()
+        # Nobody asks for one for idle_seconds: the pool destroys what it holds.
+        for _ in range(200):
+            if not pool.warm_ids():
+                break
+            await asyncio.sleep(0.05)
+        assert pool.warm_ids() == []
+        assert [meta for meta in pool.provider.sandboxes() if meta.item_id == "warm"] == []
+    finally:
+        await pool.close()

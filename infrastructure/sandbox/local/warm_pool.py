@@ -54,6 +54,7 @@ class WarmPool:
         self._filler: asyncio.Task[None] | None = None
         self._worker_id: str | None = None
         self._last_demand = time.monotonic()
+        self._taken = asyncio.Event()  # set at each hand-out: a filler waiting refills at once
         self._closed = False
         self.handed_out = 0  # sandboxes served from the pool (for benchmarks and logs)
 
@@ -106,6 +107,7 @@ class WarmPool:
         return None
 
     def _fill(self) -> None:
+        self._taken.set()
         if self._filler is None or self._filler.done():
             self._filler = asyncio.get_running_loop().create_task(self._fill_loop(), name="warm")
 
@@ -135,7 +137,9 @@ class WarmPool:
             if idle_for >= self.idle_seconds:
                 await self._drain()
                 return
-            await asyncio.sleep(self.idle_seconds - idle_for)
+            self._taken.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._taken.wait(), self.idle_seconds - idle_for)
 
     async def _drain(self) -> None:
         ready, self._ready = self._ready, []

@@ -38,8 +38,7 @@ from infrastructure.registry.blobs import BlobStore
 from infrastructure.registry.bundles import BundleCache, BundleSource
 from infrastructure.registry.log import RegistryLog
 from infrastructure.repository import Repository
-from infrastructure.sandbox.local.principals import parse_uid_range
-from infrastructure.sandbox.registry import ProviderRegistry, default_registry
+from infrastructure.sandbox.registry import ProviderRegistry
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog, load_catalog
 from infrastructure.work_queue import WorkQueue
@@ -61,14 +60,6 @@ def open_store(
         after_commit=after_commit,
     )
     return store, leases
-
-
-def sandbox_providers(settings: Settings) -> ProviderRegistry:
-    return default_registry(
-        Path(settings.sandbox_root),
-        isolation="weak" if settings.sandbox_isolation == "weak" else "strict",
-        uid_range=parse_uid_range(settings.sandbox_uids),
-    )
 
 
 def build_container(
@@ -164,7 +155,7 @@ def build_container(
         bundles=bundles,
         task_sets=task_sets,
         work=work,
-        providers=providers or sandbox_providers(settings),
+        providers=providers,
         caches=caches,
         live=live,
     )

@@ -27,7 +27,7 @@ from infrastructure.queries import ReadModelQueries
 from infrastructure.read_caches import ReadCaches
 from infrastructure.registry.bundles import BundleSource
 from infrastructure.repository import Repository
-from infrastructure.sandbox.registry import ProviderRegistry
+from infrastructure.sandbox.registry import ProviderRegistry, sandbox_providers
 from infrastructure.settings import Settings
 from infrastructure.tasks import TaskCatalog
 from infrastructure.work_queue import WorkQueue
@@ -57,7 +57,9 @@ class Container:
     bundles: BundleSource
     task_sets: TaskSetService
     work: WorkSignal
-    providers: ProviderRegistry
+    # None: each worker pool gets the providers its settings and slots say (warm pool sized by
+    # its slots); tests inject their own.
+    providers: ProviderRegistry | None
     caches: ReadCaches
     live: LiveHub
     _capacity: ExpiringMap[str, int] = field(
@@ -87,7 +89,7 @@ class Container:
             settings=self.settings,
             items=self.items,
             runner=runner,
-            providers=self.providers,
+            providers=self.providers or sandbox_providers(self.settings, slots),
             queue=self.queue,
             identity=self.identity,
             work=self.work,

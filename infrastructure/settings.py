@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sandbox_isolation: str = "strict"
     # Host uids a root worker gives sandbox principals, one per live view (FIRST-LAST).
     sandbox_uids: str = "200000-299999"
+    # Strict sandboxes a worker starts ahead of its items: -1 as many as its slots, 0 none.
+    sandbox_warm: int = -1
     # OpenAI-compatible endpoint of the `openai` agent when the evaluation names no runtime.
     openai_base_url: str | None = None
     default_max_steps: int = 30
@@ -119,6 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("sandbox_root", str),
             ("sandbox_isolation", str),
             ("sandbox_uids", str),
+            ("sandbox_warm", int),
             ("openai_base_url", str),
             ("default_max_steps", int),
             ("view_cache_seconds", float),

@@ -142,6 +142,8 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         interrupted = await self._interrupt_running()
+        # Its pre-started sandboxes (the warm pool) go with it.
+        await self.providers.close()
         untrack_pool(self)
         await self.queue.unregister_worker(self.worker_id)
         log.info("worker_stopped", worker_id=self.worker_id, interrupted_items=interrupted)

@@ -4,6 +4,8 @@ Modules, by what they do:
 - provider.py      the provider: picks strict or weak, provisions, reaps orphans
 - strict.py        an item's principals (agent, services, checker) in views of their own
 - view.py          what a strict view shows (the bwrap command line)
+- etc_tree.py      the one copy of the allowed /etc every view binds
+- warm_pool.py     pre-started strict sandboxes, handed out once per item
 - exec_client.py   the worker's side of a view's exec server (run, place files, deadlines)
 - programs/        what runs inside a sandbox (exec server, weak init and shim), as modules
 - principals.py    host uids for principals; cgroups.py limits; mounts.py tmpfs; netns.py

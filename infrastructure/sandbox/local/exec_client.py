@@ -98,6 +98,11 @@ class ExecServer:
                     + err.decode("utf-8", "replace").strip()[-500:]
                 ) from None
             raise SandboxError(f"the {self.name} view did not start") from None
+        except BaseException:
+            # Cancelled while the view starts (an item cancelled, a warm pool closing): end
+            # it rather than leave a view nobody will stop.
+            await self.stop()
+            raise
         init = child_of(process.pid)
         if init is None:
             await self.stop()

@@ -28,6 +28,7 @@ from infrastructure.sandbox.local.constants import (
     OUTPUT_LIMIT,
     SAFE_PATH,
 )
+from infrastructure.sandbox.local.etc_tree import etc_tree
 from infrastructure.sandbox.local.metadata import (
     SandboxMeta,
     remove_sandbox_files,
@@ -38,9 +39,10 @@ from infrastructure.sandbox.local.metadata import (
 from infrastructure.sandbox.local.mounts import mount_tmpfs
 from infrastructure.sandbox.local.principals import DEFAULT_UID_RANGE, UidPool
 from infrastructure.sandbox.local.processes import boot_id, now_ticks, wait_gone
+from infrastructure.sandbox.local.programs import compiled
 from infrastructure.sandbox.local.strict import VIEW_CPUS, StrictSandbox, remove_item_files
 from infrastructure.sandbox.local.strict_probe import FIX, StrictTools, probe_strict
-from infrastructure.sandbox.local.view import Principal
+from infrastructure.sandbox.local.view import ETC_ALLOWED, VIEW_PYTHON, Principal
 from infrastructure.sandbox.local.weak import WeakSandbox
 from infrastructure.sandbox.local.weak_probe import Isolation, probe_isolation
 from infrastructure.sandbox.network import ItemNetwork
@@ -84,6 +86,7 @@ class LocalSandboxProvider:
         # One lock folder per host, not per sandbox root: every root worker of the host must
         # see the same uids taken.
         self._uids = UidPool(STRICT_VIEWS_ROOT.parent / "uids", uid_range)
+        self._views_prepared = False
 
     @property
     def networks_root(self) -> Path:
@@ -168,6 +171,13 @@ class LocalSandboxProvider:
         }
 
     # -- strict helpers (used by StrictSandbox) ----------------------------------------------
+
+    @property
+    def etc(self) -> str:
+        """The views' shared /etc (see `etc_tree`), made on first use: beside the item
+        folders, so every principal's uid can traverse to it."""
+        self.views_root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        return etc_tree(self.views_root / ".etc", ETC_ALLOWED)
 
     def cgroup(self, name: str, spec: SandboxSpec) -> Cgroup:
         return Cgroup(
@@ -258,6 +268,11 @@ class LocalSandboxProvider:
         probe = await asyncio.to_thread(probe_strict)
         if probe.tools is None:
             raise IsolationUnavailable(self.unavailable_reason() or "strict isolation failed")
+        if not self._views_prepared:
+            # Once per process, off the event loop: the /etc copy and the compiled server
+            # (both cached) take tens of ms the first time.
+            await asyncio.to_thread(lambda: (self.etc, compiled("exec_server", VIEW_PYTHON)))
+            self._views_prepared = True
         root = os.geteuid() == 0
         if not root and (spec.services or spec.egress is not None):
             raise IsolationUnavailable(

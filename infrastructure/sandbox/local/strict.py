@@ -25,13 +25,21 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from infrastructure.sandbox.local.cgroups import Cgroup
-from infrastructure.sandbox.local.constants import SAFE_PATH
+from infrastructure.sandbox.local.constants import META_SUFFIX, SAFE_PATH
 from infrastructure.sandbox.local.exec_client import ExecServer
 from infrastructure.sandbox.local.files import SandboxFileNotFound, read_beneath, relative_parts
-from infrastructure.sandbox.local.metadata import SandboxMeta, remove_sandbox_files, write_meta
+from infrastructure.sandbox.local.metadata import (
+    SandboxMeta,
+    remove_sandbox_files,
+    safe_name,
+    write_meta,
+)
 from infrastructure.sandbox.local.mounts import mounts_below, unmount
-from infrastructure.sandbox.local.view import Principal, ViewFds, bwrap_argv
+from infrastructure.sandbox.local.programs import compiled
+from infrastructure.sandbox.local.view import VIEW_PYTHON, Principal, ViewFds, bwrap_argv
 from infrastructure.sandbox.network import ItemNetwork
 from infrastructure.sandbox.protocol import (
     WORKSPACE,
@@ -88,6 +96,7 @@ class StrictSandbox:
         self._checkers: list[StrictSandbox] = []
         self._checker_of = checker_of
         self._destroyed = False
+        self._adopted = False
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -111,6 +120,54 @@ class StrictSandbox:
     def endpoints(self) -> Mapping[str, ServiceEndpoint]:
         return dict(self._endpoints)
 
+    # -- pre-started (warm_pool.py) ---------------------------------------------------------
+
+    async def start_agent_view(self) -> None:
+        """Start the agent's view now rather than at its first command."""
+        await self._server(self._agent)
+
+    @property
+    def ready(self) -> bool:
+        """Not destroyed and its agent view still running (a pre-started sandbox to hand out)."""
+        server = self._agent.server
+        return not self._destroyed and server is not None and server.alive
+
+    async def adopt(self, spec: SandboxSpec) -> None:
+        """Become `spec`'s item's sandbox: a pre-started one is handed out once, to one item,
+        whose spec (environment) its commands then use. It takes the id and folder name a
+        fresh one would have (`<item>--<worker>--<token>`), so operators and orphan reaping
+        find it by the item; the running view keeps its binds (they follow the folder)."""
+        if self._adopted:
+            raise SandboxError(f"sandbox {self.id} was already handed out")
+        self._adopted = True
+        self.spec = spec
+        token = self._meta.id.rsplit("--", 1)[-1]
+        new_id = "--".join((safe_name(spec.item_id), safe_name(spec.worker_id), token))
+        old_dir, old_meta_path = self._dir, self._meta_path
+        new_dir = old_dir.with_name(new_id)
+        new_meta_path = old_meta_path.with_name(new_id + META_SUFFIX)
+
+        def move() -> None:
+            # Metadata under the new name first: a crash in between leaves both findable.
+            meta = msgspec.structs.replace(
+                self._meta, id=new_id, item_id=spec.item_id, path=str(new_dir)
+            )
+            write_meta(new_meta_path, meta)
+            old_dir.rename(new_dir)
+            old_meta_path.unlink(missing_ok=True)
+            self._meta, self._meta_path, self._dir = meta, new_meta_path, new_dir
+            principal = self._agent.principal
+            self._agent.principal = msgspec.structs.replace(
+                principal,
+                workspace=str(new_dir / principal.name / "workspace"),
+                tmp=str(new_dir / principal.name / "tmp"),
+            )
+
+        try:
+            await asyncio.to_thread(move)
+        except OSError as exc:
+            raise SandboxError(f"cannot hand out sandbox {self.id}: {exc}") from exc
+
     # -- views ------------------------------------------------------------------------------
 
     async def _server(self, view: _View) -> ExecServer:
@@ -131,6 +188,8 @@ class StrictSandbox:
                 own_network=self._netns is None,
                 extra_folders=view.extra,
                 resolv_conf=self._resolv_conf(),
+                etc=provider.etc,
+                server_code=compiled("exec_server", VIEW_PYTHON),
             )
             argv = provider.tools.enter(self._netns, principal.uid, principal.group) + argv
             server = ExecServer(f"{principal.role} {principal.name}", provider.output_limit)
@@ -141,7 +200,7 @@ class StrictSandbox:
             finally:
                 fds.close()
             try:
-                cgroup.add(init)
+                await cgroup.add(init)
             except SandboxError:
                 await server.stop()
                 raise

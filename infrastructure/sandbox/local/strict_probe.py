@@ -46,6 +46,10 @@ class StrictTools(msgspec.Struct, frozen=True, kw_only=True):
         if os.geteuid() != 0:
             return []
         assert self.setpriv is not None
+        if netns and self.nsenter and group is None:
+            # One program instead of two (1.5 ms of CPU per view): nsenter sets the uid and
+            # gid (all three of each) and clears the supplementary groups, as setpriv would.
+            return [self.nsenter, f"--net={netns}", f"--setuid={uid}", f"--setgid={uid}", "--"]
         argv = [self.nsenter, f"--net={netns}", "--"] if netns and self.nsenter else []
         return [
             *argv,

@@ -29,4 +29,4 @@ def test_fresh_database_reports_no_revision_until_migrated(tmp_path: object) -> 
     from infrastructure.db.migrate import upgrade_sync
 
     upgrade_sync(url)
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"

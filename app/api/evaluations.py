@@ -288,6 +288,11 @@ class EvaluationController(Controller):
                     actor=msgspec.to_builtins(metadata.actor) if metadata.actor else None,
                     request_id=metadata.request_id,
                     recorded_at=record.recorded_at,
+                    metadata=msgspec.json.decode(record.metadata),
+                    prev_hash=record.prev_hash,
+                    hash=record.hash,
+                    chain_prev_hash=record.chain_prev_hash,
+                    chain_hash=record.chain_hash,
                 )
             )
         next_after = records[-1].position if len(records) == limit else None

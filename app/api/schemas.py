@@ -214,6 +214,13 @@ class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
     actor: dict[str, Any] | None
     request_id: str | None
     recorded_at: str
+    # shared/spec/audit.md: the whole metadata object and the hash chains, so an auditor can
+    # recompute every hash from this answer alone (README, "For auditors").
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
+    chain_prev_hash: str = ""
+    chain_hash: str = ""
 
 
 class TranscriptSession(msgspec.Struct, frozen=True, kw_only=True):

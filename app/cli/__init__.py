@@ -13,9 +13,9 @@ def main() -> None:
 
 def _register() -> None:
     # Sub-command modules import heavy dependencies; they attach themselves to `main` here.
-    from app.cli import admin, audit, db, projections, serve, tasks, worker
+    from app.cli import admin, audit, db, log, projections, serve, tasks, worker
 
-    for module in (admin, audit, db, projections, serve, tasks, worker):
+    for module in (admin, audit, db, log, projections, serve, tasks, worker):
         main.add_command(module.group)
 
 

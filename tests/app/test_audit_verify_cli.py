@@ -61,40 +61,24 @@ def event(n: int, **extra: Any) -> NewEvent:
 
 
 def fill(url: str) -> list[RecordedEvent]:
-    """Three streams interleaved over ten positions."""
+    """Three streams interleaved over ten positions (the first two in one append)."""
 
     async def go(store: EventStore) -> list[RecordedEvent]:
-        a, b, c = (str(uuid.uuid4()) for _ in range(3))
-        recorded = await store.append(
-            [
-                StreamAppend(
-                    stream_type="test", stream_id=a, expected_version=0, events=[event(1)]
-                ),
-                StreamAppend(
-                    stream_type="test", stream_id=b, expected_version=0, events=[event(2)]
-                ),
-            ],
-            recorded_at=AT,
-        )
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        versions = dict.fromkeys(ids, 0)
+
+        def next_of(sid: str, n: int) -> StreamAppend:
+            versions[sid] += 1
+            return StreamAppend(
+                stream_type="test",
+                stream_id=sid,
+                expected_version=versions[sid] - 1,
+                events=[event(n)],
+            )
+
+        recorded = await store.append([next_of(ids[0], 1), next_of(ids[1], 2)], recorded_at=AT)
         for n in range(3, 11):
-            sid, version = (
-                [(a, 1), (b, 1), (c, 0)][n % 3]
-                if n < 6
-                else [(a, 2), (b, 2), (c, 1)][n % 3]
-                if n < 9
-                else [(a, 3), (b, 3), (c, 2)][n % 3]
-            )
-            recorded += await store.append(
-                [
-                    StreamAppend(
-                        stream_type="test",
-                        stream_id=sid,
-                        expected_version=version,
-                        events=[event(n)],
-                    )
-                ],
-                recorded_at=AT,
-            )
+            recorded += await store.append([next_of(ids[n % 3], n)], recorded_at=AT)
         return recorded
 
     return run(go, url)
@@ -283,3 +267,28 @@ def test_a_checkpoint_catches_a_history_rewritten_with_recomputed_hashes(
     assert result.exit_code == 1
     answer = json.loads(result.stdout)
     assert (answer["position"], answer["problem"]) == (head["position"], "changed")
+
+
+def test_migration_0004_chains_a_log_written_before_it(database_url: str) -> None:
+    from alembic import command
+
+    from infrastructure.db.migrate import alembic_config, upgrade_sync
+
+    command.downgrade(alembic_config(database_url), "0003")
+    for n in range(1, 4):
+        sql(
+            database_url,
+            "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,"
+            " schema_version, data, metadata, recorded_at) VALUES (:eid, 'test', 's1', :v,"
+            " 'test.happened', 1, :data, '{}', :at)",
+            params={"eid": str(uuid.uuid4()), "v": n, "data": json.dumps({"n": n}), "at": AT},
+        )
+    upgrade_sync(database_url)
+    recorded = run(lambda store: store.read_all(), database_url)
+    assert recorded[0].prev_hash == ZERO_HASH and recorded[1].prev_hash == recorded[0].hash
+    assert verify(database_url).exit_code == 0
+    with pytest.raises(DBAPIError, match=APPEND_ONLY_MESSAGE):
+        sql(database_url, "UPDATE events SET data = '{}'")
+    appended = fill(database_url)  # appends continue the backfilled chain
+    assert appended[0].chain_prev_hash == recorded[-1].chain_hash
+    assert verify(database_url).exit_code == 0

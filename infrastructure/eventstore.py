@@ -24,7 +24,6 @@ processes) and read from the log on a miss.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from domain.audit_chain import ZERO_HASH, Chainer, event_content
+from domain.audit_chain import ZERO_HASH, Chainer, canonical_text, event_hash_of_text
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
 from infrastructure.db.engine import create_sqlite_sync_engine, write_transaction
 from infrastructure.db.sqlite_writer import SQLiteWriter
@@ -301,27 +300,29 @@ class EventStore:
         head = conn.execute(_CHAIN_HEAD).first()
         chainer = Chainer(chain_head=head[1] if head is not None else ZERO_HASH)
         last_position = head[0] if head is not None else 0
-        metadata_objects: dict[str, Any] = {}
+        metadata_canonical: dict[str, bytes] = {}
         rows: list[dict[str, Any]] = []
         for append, recorded_at in appends:
             prev = prev_hashes.get((append.stream_type, append.stream_id), ZERO_HASH)
             for offset, event in enumerate(append.events, start=1):
                 version = append.expected_version + offset
-                metadata = metadata_objects.get(event.metadata)
+                metadata = metadata_canonical.get(event.metadata)
                 if metadata is None:
-                    metadata = metadata_objects[event.metadata] = json.loads(event.metadata)
-                content = event_content(
-                    event_id=event.event_id,
-                    stream_type=append.stream_type,
-                    stream_id=append.stream_id,
-                    stream_version=version,
-                    event_type=event.event_type,
-                    schema_version=event.schema_version,
-                    data=json.loads(event.data),
-                    metadata=metadata,
-                    recorded_at=recorded_at,
+                    metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
+                own, chain_prev, chain = chainer.follow(
+                    event_hash_of_text(
+                        prev,
+                        event_id=event.event_id,
+                        stream_type=append.stream_type,
+                        stream_id=append.stream_id,
+                        stream_version=version,
+                        event_type=event.event_type,
+                        schema_version=event.schema_version,
+                        data_canonical=canonical_text(event.data),
+                        metadata_canonical=metadata,
+                        recorded_at=recorded_at,
+                    )
                 )
-                own, chain_prev, chain = chainer.link(prev, content)
                 rows.append(
                     {
                         "event_id": event.event_id,

@@ -52,8 +52,7 @@ def canonical_text(text: str) -> bytes:
         return canonical(json.loads(text))
 
 
-def event_hash_of_text(
-    prev_hash: str,
+def canonical_body(
     *,
     event_id: str,
     stream_type: str,
@@ -64,10 +63,10 @@ def event_hash_of_text(
     data_canonical: bytes,
     metadata_canonical: bytes,
     recorded_at: str,
-) -> str:
-    """`event_hash` for the append path, from data and metadata already in canonical form
-    (`canonical_text`), so a command's shared metadata is encoded once."""
-    body = msgspec.json.encode(
+) -> bytes:
+    """`canonical(event_content(...))` from data and metadata already in canonical form
+    (`canonical_text`): the append path encodes a command's shared metadata once."""
+    return msgspec.json.encode(
         {
             "event_id": event_id,
             "stream_type": stream_type,
@@ -81,6 +80,10 @@ def event_hash_of_text(
         },
         order="sorted",
     )
+
+
+def hash_body(prev_hash: str, body: bytes) -> str:
+    """An event's `hash` from its `prev_hash` and the canonical encoding of its content."""
     digest = hashlib.sha256(prev_hash.encode("ascii", "replace"))
     digest.update(body)
     return digest.hexdigest()
@@ -113,9 +116,7 @@ def event_content(
 
 
 def event_hash(prev_hash: str, content: Mapping[str, object]) -> str:
-    digest = hashlib.sha256(prev_hash.encode("ascii", "replace"))
-    digest.update(canonical(content))
-    return digest.hexdigest()
+    return hash_body(prev_hash, canonical(content))
 
 
 def chain_hash(chain_prev_hash: str, hash_: str) -> str:
@@ -124,13 +125,14 @@ def chain_hash(chain_prev_hash: str, hash_: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """One stored event as verification reads it: its content and its four stored hashes."""
+    """One stored event as verification reads it: the canonical encoding of its content
+    (`canonical_body`) and its four stored hashes."""
 
     position: int
     stream_type: str
     stream_id: str
     stream_version: int
-    content: Mapping[str, object]
+    body: bytes
     prev_hash: str
     hash: str
     chain_prev_hash: str
@@ -218,7 +220,7 @@ def _check_global(
     recent: deque[tuple[int, str]],
     locate: Locate,
 ) -> Finding | None:
-    own_hash_ok = link.hash == event_hash(link.prev_hash, link.content)
+    own_hash_ok = link.hash == hash_body(link.prev_hash, link.body)
     own_chain_ok = link.chain_hash == chain_hash(link.chain_prev_hash, link.hash)
     linked = link.chain_prev_hash == expected_chain
     if own_hash_ok and own_chain_ok and linked:

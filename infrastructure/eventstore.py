@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from domain.audit_chain import ZERO_HASH, Chainer, canonical_text, event_hash_of_text
+from domain.audit_chain import ZERO_HASH, Chainer, canonical_body, canonical_text, hash_body
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
 from infrastructure.db.engine import create_sqlite_sync_engine, write_transaction
 from infrastructure.db.sqlite_writer import SQLiteWriter
@@ -310,17 +310,19 @@ class EventStore:
                 if metadata is None:
                     metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
                 own, chain_prev, chain = chainer.follow(
-                    event_hash_of_text(
+                    hash_body(
                         prev,
-                        event_id=event.event_id,
-                        stream_type=append.stream_type,
-                        stream_id=append.stream_id,
-                        stream_version=version,
-                        event_type=event.event_type,
-                        schema_version=event.schema_version,
-                        data_canonical=canonical_text(event.data),
-                        metadata_canonical=metadata,
-                        recorded_at=recorded_at,
+                        canonical_body(
+                            event_id=event.event_id,
+                            stream_type=append.stream_type,
+                            stream_id=append.stream_id,
+                            stream_version=version,
+                            event_type=event.event_type,
+                            schema_version=event.schema_version,
+                            data_canonical=canonical_text(event.data),
+                            metadata_canonical=metadata,
+                            recorded_at=recorded_at,
+                        ),
                     )
                 )
                 rows.append(

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from domain.audit_chain import Link, event_content
+from domain.audit_chain import Link, canonical, canonical_body, canonical_text, event_content
 from infrastructure.eventstore import RecordedEvent
 
 
@@ -90,12 +90,30 @@ def link_of(record: RecordedEvent) -> Link:
         stream_type=record.stream_type,
         stream_id=record.stream_id,
         stream_version=record.stream_version,
-        content=content_of(record),
+        body=canonical_body(
+            event_id=record.event_id,
+            stream_type=record.stream_type,
+            stream_id=record.stream_id,
+            stream_version=record.stream_version,
+            event_type=record.event_type,
+            schema_version=record.schema_version,
+            data_canonical=_canonical_or_text(record.data),
+            metadata_canonical=_canonical_or_text(record.metadata),
+            recorded_at=record.recorded_at,
+        ),
         prev_hash=record.prev_hash,
         hash=record.hash,
         chain_prev_hash=record.chain_prev_hash,
         chain_hash=record.chain_hash,
     )
+
+
+def _canonical_or_text(text: str) -> bytes:
+    # A tampered row may hold anything; verification must report it, not crash on it.
+    try:
+        return canonical_text(text)
+    except ValueError:
+        return canonical(text)
 
 
 def _json_or_text(text: str) -> Any:

@@ -16,10 +16,11 @@ from domain.audit_chain import (
     Checkpoint,
     Link,
     canonical,
+    canonical_body,
     canonical_text,
     event_content,
     event_hash,
-    event_hash_of_text,
+    hash_body,
     verify_links,
 )
 
@@ -54,11 +55,13 @@ def test_append_path_hash_equals_the_hash_of_the_documented_object(
         "recorded_at": "2026-11-30T12:00:00.000000Z",
     }
     data_text, metadata_text = json.dumps(data), json.dumps({"actor": {"id": text}})
-    fast = event_hash_of_text(
+    fast = hash_body(
         ZERO_HASH,
-        **fields,
-        data_canonical=canonical_text(data_text),
-        metadata_canonical=canonical_text(metadata_text),
+        canonical_body(
+            **fields,
+            data_canonical=canonical_text(data_text),
+            metadata_canonical=canonical_text(metadata_text),
+        ),
     )
     content = event_content(**fields, data=data, metadata=json.loads(metadata_text))
     assert fast == event_hash(ZERO_HASH, content)
@@ -71,10 +74,11 @@ def chain(count: int) -> list[Link]:
         stream = n % 2
         content = {"n": n}
         own, chain_prev, chain_hash = chainer.link(prev[stream], content)
+        version = (n + 1) // 2 if stream else n // 2
+        body = canonical(content)
         links.append(
-            Link(n, "s", str(stream), (n + 1) // 2 if stream else n // 2, content, prev[stream],
-                 own, chain_prev, chain_hash)
-        )  # fmt: skip
+            Link(n, "s", str(stream), version, body, prev[stream], own, chain_prev, chain_hash)
+        )
         prev[stream] = own
     return links
 
@@ -87,7 +91,7 @@ def test_an_intact_chain_verifies_and_each_tampering_is_named() -> None:
     links = chain(8)
     assert verify_links(links) is None
 
-    edited = [*links[:3], replace(links[3], content={"n": 99}), *links[4:]]
+    edited = [*links[:3], replace(links[3], body=canonical({"n": 99})), *links[4:]]
     assert verify_links(edited).problem == "changed"  # type: ignore[union-attr]
 
     deleted = [*links[:3], *links[4:]]

@@ -21,7 +21,13 @@ from domain.audit_chain import ZERO_HASH, Chainer
 from infrastructure.audit.wire import content_of
 from infrastructure.db.append_only import APPEND_ONLY_MESSAGE
 from infrastructure.db.engine import create_engine
-from infrastructure.eventstore import EventStore, NewEvent, RecordedEvent, StreamAppend
+from infrastructure.eventstore import (
+    ConcurrencyConflict,
+    EventStore,
+    NewEvent,
+    RecordedEvent,
+    StreamAppend,
+)
 
 T = TypeVar("T")
 AT = "2026-11-30T12:00:00.000000Z"
@@ -292,3 +298,52 @@ def test_migration_0004_chains_a_log_written_before_it(database_url: str) -> Non
     appended = fill(database_url)  # appends continue the backfilled chain
     assert appended[0].chain_prev_hash == recorded[-1].chain_hash
     assert verify(database_url).exit_code == 0
+
+
+def test_chains_hold_when_two_processes_append_concurrently(database_url: str) -> None:
+    """Each store remembers stream heads and reads the chain head under the append lock: two
+    stores on one database (two processes, as far as it can tell) interleave without a break."""
+
+    async def go() -> None:
+        engines = [create_engine(database_url) for _ in range(2)]
+        stores = [EventStore(engine) for engine in engines]
+        shared = str(uuid.uuid4())
+
+        async def writer(store: EventStore, n: int) -> None:
+            own = str(uuid.uuid4())
+            for version in range(15):
+                appends = [
+                    StreamAppend(
+                        stream_type="test",
+                        stream_id=own,
+                        expected_version=version,
+                        events=[event(n * 100 + version)],
+                    )
+                ]
+                await store.append(appends, recorded_at=AT)
+                # Both also extend one shared stream, each from the version it last saw.
+                while True:
+                    version_now = len(await store.read_stream("test", shared))
+                    extend = StreamAppend(
+                        stream_type="test",
+                        stream_id=shared,
+                        expected_version=version_now,
+                        events=[event(n)],
+                    )
+                    try:
+                        await store.append([extend], recorded_at=AT)
+                        break
+                    except ConcurrencyConflict:
+                        continue
+
+        try:
+            await asyncio.gather(*(writer(store, n) for n, store in enumerate(stores)))
+        finally:
+            for store, engine in zip(stores, engines, strict=True):
+                await store.close()
+                await engine.dispose()
+
+    asyncio.run(go())
+    result = verify(database_url, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["events"] == 60

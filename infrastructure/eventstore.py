@@ -344,6 +344,8 @@ class EventStore:
                 )
                 prev = own
             prev_hashes[(append.stream_type, append.stream_id)] = prev
+        if conn.dialect.name == "sqlite":
+            return _insert_sqlite(conn, rows, last_position)
         result = conn.execute(_INSERT, rows)
         recorded: list[RecordedEvent] = []
         for row, (position,) in zip(rows, result.all(), strict=True):
@@ -463,6 +465,27 @@ class EventStore:
     async def last_position(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(_LAST_POSITION)).scalar_one())
+
+
+# A RecordedEvent field for field: its fields are the table's columns, in order.
+_SQLITE_COLUMNS = list(RecordedEvent.__struct_fields__)
+_SQLITE_INSERT = "INSERT INTO events ({}) VALUES ({})".format(
+    ", ".join(_SQLITE_COLUMNS), ", ".join("?" * len(_SQLITE_COLUMNS))
+)
+
+
+def _insert_sqlite(
+    conn: Connection, rows: list[dict[str, Any]], last_position: int
+) -> list[RecordedEvent]:
+    """SQLite: the appender holds the database's only write lock (BEGIN IMMEDIATE), so it
+    numbers the rows itself, after the last one, and hands them to the driver's executemany
+    as tuples: no RETURNING, no statement to compile (AUTOINCREMENT's counter follows)."""
+    recorded = [
+        RecordedEvent(position=last_position + offset, **row)
+        for offset, row in enumerate(rows, start=1)
+    ]
+    conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
+    return recorded
 
 
 def _stream_prev_hashes(

@@ -17,7 +17,7 @@ from cryptography.fernet import InvalidToken
 from app.cli.audit import with_store
 from infrastructure.audit.transfer import TransferError, export_lines, import_file
 from infrastructure.eventstore import EventStore
-from infrastructure.identity.crypto import load_cipher
+from infrastructure.identity.crypto import SecretKeyMissing, load_cipher
 from infrastructure.settings import Settings
 
 
@@ -59,9 +59,13 @@ def import_(file: Path, database_url: str | None) -> None:
     settings = Settings.from_env()
     if database_url is not None:
         settings = msgspec.structs.replace(settings, database_url=database_url)
-    cipher = load_cipher(settings)
 
     def readable(ciphertext: str) -> bool:
+        # Asked only when the export holds secrets: the target needs the source's key then.
+        try:
+            cipher = load_cipher(settings)
+        except (SecretKeyMissing, ValueError) as exc:
+            raise TransferError(f"the export holds encrypted secrets: {exc}") from exc
         try:
             cipher.decrypt(ciphertext.encode("ascii"))
         except (InvalidToken, ValueError):

@@ -131,6 +131,27 @@ def test_import_with_another_secret_key_writes_nothing(
     assert cli("log", "import", str(exported), "--database-url", target, env=env).exit_code == 0
 
 
+def test_import_to_postgresql_without_a_key_says_which_key_and_writes_nothing(
+    tmp_path: Path, sqlite_template: Path, pg_databases: PgDatabases, env: dict[str, str]
+) -> None:
+    source = make_settings(
+        sqlite_copy(sqlite_template, tmp_path / "s.db"), secret_key=env["ASSAY_SECRET_KEY"]
+    )
+    boot = run_identity(
+        source,
+        lambda store: bootstrap(store, org_key="acme", workspace_key="main", email="o@acme.test"),
+    )
+    run_identity(source, lambda store: store.create_secret(boot.user.id, "K", "openai", "v"))
+    exported = tmp_path / "export.ndjson"
+    assert cli("log", "export", "--database-url", source.database_url, "-o", str(exported), env=env)
+    target = pg_databases.new_database()
+    refused = cli("log", "import", str(exported), "--database-url", target, env={})
+    assert refused.exit_code == 1
+    assert "holds encrypted secrets" in refused.output and "ASSAY_SECRET_KEY" in refused.output
+    assert "Traceback" not in refused.output
+    assert cli("log", "import", str(exported), "--database-url", target, env=env).exit_code == 0
+
+
 def test_a_filtered_export_holds_only_that_orgs_events_and_cannot_be_imported(
     tmp_path: Path, sqlite_template: Path, env: dict[str, str]
 ) -> None:

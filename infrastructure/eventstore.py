@@ -19,6 +19,10 @@ lock: the global chain continues from the last row's `chain_hash` (one indexed r
 and each stream from its previous event's `hash`, kept in memory after commits (an event at a
 given stream version never changes, so a remembered hash stays right even with other writer
 processes) and read from the log on a miss.
+
+The rows go to the driver as one prepared statement per batch: on SQLite an executemany of
+tuples with positions the lock holder numbers itself, on PostgreSQL one INSERT ... SELECT FROM
+unnest(arrays) RETURNING the positions the identity gave (matched back by event id).
 """
 
 from __future__ import annotations
@@ -117,7 +121,6 @@ class _Unit:
         )
 
 
-_INSERT = events.insert().returning(events.c.position, sort_by_parameter_order=True)
 _COLUMNS = (
     events.c.position,
     events.c.event_id,
@@ -346,11 +349,15 @@ class EventStore:
             prev_hashes[(append.stream_type, append.stream_id)] = prev
         if conn.dialect.name == "sqlite":
             return _insert_sqlite(conn, rows, last_position)
-        result = conn.execute(_INSERT, rows)
+        result = conn.exec_driver_sql(
+            _PG_INSERT, tuple([row[name] for row in rows] for name in _PG_COLUMNS)
+        )
+        given: dict[str, int] = {event_id: position for event_id, position in result.all()}
         recorded: list[RecordedEvent] = []
-        for row, (position,) in zip(rows, result.all(), strict=True):
+        for row in rows:
+            position = given[row["event_id"]]
             # The chain was computed in row order: positions must follow it (they do: the
-            # lock is held and SQLAlchemy inserts in parameter order); never store a lie.
+            # lock is held and unnest yields rows in array order); never store a lie.
             if position <= last_position:
                 raise RuntimeError("event positions were not assigned in insertion order")
             last_position = position
@@ -468,9 +475,18 @@ class EventStore:
 
 
 # A RecordedEvent field for field: its fields are the table's columns, in order.
-_SQLITE_COLUMNS = list(RecordedEvent.__struct_fields__)
+_ROW_COLUMNS = list(RecordedEvent.__struct_fields__)
 _SQLITE_INSERT = "INSERT INTO events ({}) VALUES ({})".format(
-    ", ".join(_SQLITE_COLUMNS), ", ".join("?" * len(_SQLITE_COLUMNS))
+    ", ".join(_ROW_COLUMNS), ", ".join("?" * len(_ROW_COLUMNS))
+)
+
+_PG_COLUMNS = _ROW_COLUMNS[1:]
+_PG_TYPES = {"stream_version": "int4", "schema_version": "int4"}
+# One statement whatever the batch size, its rows as arrays: asyncpg prepares it once per
+# connection. Rows are matched to their positions by event id (unique), never by order.
+_PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_id, position".format(
+    ", ".join(_PG_COLUMNS),
+    ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
 )
 
 

@@ -20,9 +20,7 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("position", POSITION, sa.Identity(always=False), primary_key=True),
-    # insert_sentinel (client-side only) lets SQLAlchemy insert a batch of events in one
-    # INSERT ... RETURNING on SQLite too, instead of one statement per event.
-    sa.Column("event_id", ID, nullable=False, unique=True, insert_sentinel=True),
+    sa.Column("event_id", ID, nullable=False, unique=True),
     sa.Column("stream_type", sa.String(32), nullable=False),
     sa.Column("stream_id", ID, nullable=False),
     sa.Column("stream_version", sa.Integer, nullable=False),

@@ -26,6 +26,7 @@ from infrastructure.audit.transfer import export_lines, import_file  # noqa: E40
 from infrastructure.db.engine import create_engine  # noqa: E402
 from infrastructure.db.migrate import upgrade_sync  # noqa: E402
 from infrastructure.eventstore import EventStore, NewEvent, StreamAppend  # noqa: E402
+from infrastructure.readmodels import Projector  # noqa: E402
 
 PG_URL = os.environ.get("ASSAY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PAYLOAD = '{"n": %d, "pad": "' + "x" * 180 + '"}'
@@ -55,7 +56,7 @@ def fresh(backend: str, workdir: Path, created: list[str]) -> str:
 
 async def append_all(url: str, count: int) -> float:
     engine = create_engine(url)
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=Projector())
     started = time.perf_counter()
     for start in range(0, count, 1000):
         events = [
@@ -74,7 +75,7 @@ async def append_all(url: str, count: int) -> float:
 
 async def export_to(url: str, path: Path) -> None:
     engine = create_engine(url)
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=Projector())
     with path.open("wb") as out:
         # An import needs identity records; a benchmark log has none of its own.
         out.write(b'{"record":"orgs","row":{"id":"00000000-0000-0000-0000-000000000001",')
@@ -89,7 +90,7 @@ async def export_to(url: str, path: Path) -> None:
 
 async def import_from(url: str, path: Path) -> float:
     engine = create_engine(url)
-    store = EventStore(engine)
+    store = EventStore(engine, in_transaction=Projector())
     started = time.perf_counter()
     await import_file(store, path)
     seconds = time.perf_counter() - started

@@ -16,6 +16,7 @@ from domain.audit_chain import Checkpoint
 from infrastructure.audit import verify as verifying
 from infrastructure.db.engine import create_engine
 from infrastructure.eventstore import EventStore
+from infrastructure.readmodels import Projector
 from infrastructure.settings import Settings
 
 T = TypeVar("T")
@@ -33,7 +34,8 @@ def with_store(database_url: str | None, run: Callable[[EventStore], Awaitable[T
 
     async def main() -> T:
         engine = create_engine(url)
-        store = EventStore(engine)
+        # The import appends (the rebuild's record): keep the read models in step.
+        store = EventStore(engine, in_transaction=Projector())
         try:
             return await run(store)
         finally:

@@ -281,10 +281,13 @@ def test_a_checkpoint_catches_a_history_rewritten_with_recomputed_hashes(
 
 def test_migration_0004_chains_a_log_written_before_it(database_url: str) -> None:
     from alembic import command
+    from alembic.script import ScriptDirectory
 
     from infrastructure.db.migrate import alembic_config, upgrade_sync
 
-    command.downgrade(alembic_config(database_url), "0003")
+    config = alembic_config(database_url)
+    before = ScriptDirectory.from_config(config).get_revision("0004").down_revision
+    command.downgrade(config, str(before))  # to just before the chains
     for n in range(1, 4):
         sql(
             database_url,

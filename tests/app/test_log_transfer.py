@@ -185,3 +185,34 @@ def test_a_filtered_export_holds_only_that_orgs_events_and_cannot_be_imported(
     refused = cli("log", "import", str(exported), "--database-url", target, env=env)
     assert refused.exit_code == 1
     assert "import needs a full export" in refused.output
+
+
+def test_an_export_edited_on_its_way_is_refused_and_nothing_is_written(
+    tmp_path: Path, sqlite_template: Path, env: dict[str, str]
+) -> None:
+    source = make_settings(
+        sqlite_copy(sqlite_template, tmp_path / "s.db"), secret_key=env["ASSAY_SECRET_KEY"]
+    )
+    boot = run_identity(
+        source,
+        lambda store: bootstrap(store, org_key="acme", workspace_key="main", email="o@acme.test"),
+    )
+    with TestClient(create_app(source)) as client:
+        body = {"name": "e", "model": "m", "task_names": ["find-the-flag", "decode-payload"]}
+        created = client.post(f"{BASE}/evaluation", json=body, headers={"X-API-Key": boot.raw_key})
+        assert created.status_code == 201
+    exported = tmp_path / "export.ndjson"
+    assert cli("log", "export", "--database-url", source.database_url, "-o", str(exported), env=env)
+    lines = exported.read_text().splitlines()
+    events = [i for i, line in enumerate(lines) if '"chain_hash"' in line]
+    edited = json.loads(lines[events[1]])
+    edited["data"]["task_name"] = "something-else"
+    lines[events[1]] = json.dumps(edited)
+    exported.write_text("\n".join(lines) + "\n")
+
+    target = sqlite_copy(sqlite_template, tmp_path / "t.db")
+    refused = cli("log", "import", str(exported), "--database-url", target, env=env)
+    assert refused.exit_code == 1
+    assert f"broken at position {edited['position']}: changed" in refused.output
+    empty = cli("log", "export", "--database-url", target, env=env)
+    assert empty.exit_code == 0 and empty.stdout == ""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -170,18 +170,61 @@ def verify_links(
 ) -> Finding | None:
     """Walk the log in position order; None when both chains hold (and the checkpoint, if
     given, is still there), else the first bad position."""
-    streams: dict[tuple[str, str], tuple[int, str]] = {}
-    recent: deque[tuple[int, str]] = deque(maxlen=_RECENT)
-    expected_chain = ZERO_HASH
-    previous: Link | None = None
-    checkpoint_seen = False
-    for link, following in _with_next(links):
-        finding = _check_global(link, following, previous, expected_chain, recent, locate)
-        finding = finding or _check_stream(link, streams)
+    walk = ChainWalk(locate=locate, checkpoint=checkpoint)
+    for link in links:
+        finding = walk.push(link)
         if finding is not None:
             return finding
+    return walk.finish()
+
+
+class ChainWalk:
+    """`verify_links` one link at a time, for callers that hold each link only briefly (an
+    import checks the lines it loads). A link is judged when the next one arrives (an
+    insertion shows in its successor), or at `finish`."""
+
+    def __init__(
+        self, *, locate: Locate = lambda _hash: None, checkpoint: Checkpoint | None = None
+    ) -> None:
+        self._locate = locate
+        self._checkpoint = checkpoint
+        self._streams: dict[tuple[str, str], tuple[int, str]] = {}
+        self._recent: deque[tuple[int, str]] = deque(maxlen=_RECENT)
+        self._expected_chain = ZERO_HASH
+        self._previous: Link | None = None
+        self._pending: Link | None = None
+        self._checkpoint_seen = False
+
+    def push(self, link: Link) -> Finding | None:
+        pending, self._pending = self._pending, link
+        return None if pending is None else self._judge(pending, link)
+
+    def finish(self) -> Finding | None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            finding = self._judge(pending, None)
+            if finding is not None:
+                return finding
+        checkpoint = self._checkpoint
+        if checkpoint is not None and not self._checkpoint_seen:
+            last = self._previous.position if self._previous is not None else 0
+            return Finding(
+                checkpoint.position,
+                "missing",
+                f"the checkpoint's position is not in the log (last position: {last})",
+            )
+        return None
+
+    def _judge(self, link: Link, following: Link | None) -> Finding | None:
+        finding = _check_global(
+            link, following, self._previous, self._expected_chain, self._recent, self._locate
+        )
+        finding = finding or _check_stream(link, self._streams)
+        if finding is not None:
+            return finding
+        checkpoint = self._checkpoint
         if checkpoint is not None and link.position == checkpoint.position:
-            checkpoint_seen = True
+            self._checkpoint_seen = True
             if link.chain_hash != checkpoint.chain_hash:
                 return Finding(
                     link.position,
@@ -189,27 +232,11 @@ def verify_links(
                     "its chain_hash differs from the checkpoint's: the log up to this position "
                     "was rewritten (hashes recomputed) after the checkpoint was taken",
                 )
-        streams[(link.stream_type, link.stream_id)] = (link.stream_version, link.hash)
-        recent.append((link.position, link.chain_hash))
-        expected_chain = link.chain_hash
-        previous = link
-    if checkpoint is not None and not checkpoint_seen:
-        last = previous.position if previous is not None else 0
-        return Finding(
-            checkpoint.position,
-            "missing",
-            f"the checkpoint's position is not in the log (last position: {last})",
-        )
-    return None
-
-
-def _with_next(links: Iterable[Link]) -> Iterator[tuple[Link, Link | None]]:
-    iterator = iter(links)
-    current = next(iterator, None)
-    while current is not None:
-        following = next(iterator, None)
-        yield current, following
-        current = following
+        self._streams[(link.stream_type, link.stream_id)] = (link.stream_version, link.hash)
+        self._recent.append((link.position, link.chain_hash))
+        self._expected_chain = link.chain_hash
+        self._previous = link
+        return None
 
 
 def _check_global(

@@ -7,14 +7,14 @@ position order, in the audit shape (shared/spec/audit.md) with its hashes. A fil
 (`--org`, `--after`) holds events only: it is for auditors and cannot be imported, since its
 global chain has holes.
 
-An import checks the whole file first (both hash chains, known tables) and writes nothing when
-anything is wrong; then it loads every line in one transaction with batch inserts, keeping
-positions and hashes, and rebuilds the read models from the loaded log.
+An import reads the file once, in one transaction: it checks every line as it loads it (both
+hash chains, known tables, that the target's key opens the secrets) and rolls everything back
+at the first thing wrong; rows go in batches (COPY on PostgreSQL), keeping positions and
+hashes; then the read models are rebuilt from the loaded log.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from domain.audit_chain import Finding, Link, verify_links
+from domain.audit_chain import ChainWalk, Finding
 from infrastructure import rebuild as rebuilding
 from infrastructure.audit.wire import WireEvent, from_wire, link_of, to_wire
 from infrastructure.db.execution_tables import transcript_messages
@@ -162,36 +162,58 @@ def _lines(path: Path) -> Iterator[tuple[int, RecordLine | WireEvent]]:
                     raise TransferError(f"line {number}: not an export line ({exc})") from exc
 
 
-def check_file(path: Path) -> tuple[int, int, str | None]:
-    """Check the whole file before anything is written: (events, records, one secret's
-    ciphertext to test the target's key with). Raises TransferError naming what is wrong."""
-    counts = {"events": 0, "records": 0}
-    ciphertext: list[str] = []
+SecretReadable = Callable[[str], bool]
 
-    def links() -> Iterator[Link]:
-        for number, line in _lines(path):
-            if isinstance(line, RecordLine):
-                if counts["events"]:
-                    raise TransferError(f"line {number}: a record after the events")
-                if line.record not in _BY_NAME:
-                    raise TransferError(f"line {number}: unknown table {line.record!r}")
-                if line.record == "secrets" and not ciphertext:
-                    ciphertext.append(str(line.row.get("ciphertext")))
-                counts["records"] += 1
-                continue
-            counts["events"] += 1
-            yield link_of(from_wire(line))
 
-    finding: Finding | None = verify_links(links())
-    if finding is not None:
-        raise TransferError(
-            f"the export's hash chain is broken at position {finding.position}: "
-            f"{finding.problem}: {finding.detail} (a filtered export, --org or --after, "
-            "cannot be imported)"
-        )
-    if counts["records"] == 0:
-        raise TransferError("the file holds no identity records: import needs a full export")
-    return counts["events"], counts["records"], ciphertext[0] if ciphertext else None
+class _Checker:
+    """Checks each line as the load takes it: anything wrong raises TransferError inside the
+    load's transaction, so a refused file leaves the target as empty as it was."""
+
+    def __init__(self, secret_readable: SecretReadable | None) -> None:
+        self.walk = ChainWalk()
+        self.records = 0
+        self.events = 0
+        self.last_position = 0
+        self._secret_readable = secret_readable
+
+    def record(self, number: int, line: RecordLine) -> tuple[sa.Table, dict[str, Any]]:
+        if self.events:
+            raise TransferError(f"line {number}: a record after the events")
+        table = _BY_NAME.get(line.record)
+        if table is None:
+            raise TransferError(f"line {number}: unknown table {line.record!r}")
+        if table is secrets and self._secret_readable is not None:
+            if not self._secret_readable(str(line.row.get("ciphertext"))):
+                raise TransferError(
+                    "the secrets in this export were encrypted with another key: give the "
+                    "target the source's key (ASSAY_SECRET_KEY, or the same secret key file) "
+                    "and import again"
+                )
+            self._secret_readable = None  # one secret proves the key
+        self.records += 1
+        binary = _binary_columns(table)
+        return table, {k: base64.b64decode(v) if k in binary else v for k, v in line.row.items()}
+
+    def event(self, line: WireEvent) -> tuple[Any, ...]:
+        if not self.records:
+            raise TransferError("the file holds no identity records: import needs a full export")
+        record = from_wire(line)
+        self._judge(self.walk.push(link_of(record)))
+        self.events += 1
+        self.last_position = record.position
+        return msgspec.structs.astuple(record)
+
+    def finish(self) -> None:
+        self._judge(self.walk.finish())
+
+    @staticmethod
+    def _judge(finding: Finding | None) -> None:
+        if finding is not None:
+            raise TransferError(
+                f"the export's hash chain is broken at position {finding.position}: "
+                f"{finding.problem}: {finding.detail} (a filtered export, --org or --after, "
+                "cannot be imported)"
+            )
 
 
 async def _require_empty(store: EventStore) -> None:
@@ -204,34 +226,33 @@ async def _require_empty(store: EventStore) -> None:
                 )
 
 
-# COPY takes tuples: a RecordedEvent field for field (its fields are the table's columns).
+# Events as tuples: a RecordedEvent field for field (its fields are the table's columns).
 _EVENT_COLUMNS = list(RecordedEvent.__struct_fields__)
+_SQLITE_INSERT_EVENT = "INSERT INTO events ({}) VALUES ({})".format(
+    ", ".join(_EVENT_COLUMNS), ", ".join("?" * len(_EVENT_COLUMNS))
+)
 
 
-async def _load_postgresql(conn: AsyncConnection, path: Path) -> int:
-    """The same load with the events through COPY (asyncpg's binary copy in the same
-    transaction; the version trigger still checks every row): several times an INSERT's rate."""
+async def _load_postgresql(conn: AsyncConnection, path: Path, check: _Checker) -> None:
+    """Events through COPY (asyncpg's binary copy in the same transaction; the version
+    trigger still checks every row): several times an INSERT's rate."""
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     batch: list[tuple[Any, ...]] = []
-    last_position = 0
-    for _number, line in _lines(path):
+    for number, line in _lines(path):
         if isinstance(line, RecordLine):
-            table = _BY_NAME[line.record]
-            binary = _binary_columns(table)
-            row = {k: base64.b64decode(v) if k in binary else v for k, v in line.row.items()}
+            table, row = check.record(number, line)
             await conn.execute(table.insert(), [row])
             continue
-        batch.append(msgspec.structs.astuple(from_wire(line)))
-        last_position = line.position
+        batch.append(check.event(line))
         if len(batch) >= BATCH * 5:
             await driver.copy_records_to_table("events", records=batch, columns=_EVENT_COLUMNS)
             batch.clear()
+    check.finish()
     if batch:
         await driver.copy_records_to_table("events", records=batch, columns=_EVENT_COLUMNS)
-    if last_position:
-        await conn.run_sync(_move_identity, last_position)
-    return last_position
+    if check.last_position:
+        await conn.run_sync(_move_identity, check.last_position)
 
 
 def _move_identity(conn: Connection, last_position: int) -> None:
@@ -242,46 +263,36 @@ def _move_identity(conn: Connection, last_position: int) -> None:
     )
 
 
-_SQLITE_INSERT_EVENT = "INSERT INTO events ({}) VALUES ({})".format(
-    ", ".join(_EVENT_COLUMNS), ", ".join("?" * len(_EVENT_COLUMNS))
-)
-
-
-def _load(conn: Connection, path: Path) -> int:
-    """The load on SQLite: events as tuples straight through the driver's executemany."""
+def _load_sqlite(conn: Connection, path: Path, check: _Checker) -> None:
+    """Events as tuples straight through the driver's executemany."""
     batch: list[tuple[Any, ...]] = []
-    last_position = 0
-    for _number, line in _lines(path):
+    for number, line in _lines(path):
         if isinstance(line, RecordLine):
-            table = _BY_NAME[line.record]
-            binary = _binary_columns(table)
-            row = {k: base64.b64decode(v) if k in binary else v for k, v in line.row.items()}
+            table, row = check.record(number, line)
             conn.execute(table.insert(), [row])
             continue
-        batch.append(msgspec.structs.astuple(from_wire(line)))
-        last_position = line.position
+        batch.append(check.event(line))
         if len(batch) >= BATCH:
             conn.exec_driver_sql(_SQLITE_INSERT_EVENT, batch)
             batch.clear()
+    check.finish()
     if batch:
         conn.exec_driver_sql(_SQLITE_INSERT_EVENT, batch)
-    return last_position
 
 
 async def import_file(
-    store: EventStore, path: Path, *, secret_readable: Callable[[str], bool] | None = None
+    store: EventStore, path: Path, *, secret_readable: SecretReadable | None = None
 ) -> ImportReport:
+    """Load a full export into the empty database of `store` in one transaction, checking
+    every line on the way, then rebuild the read models from the loaded log."""
     await _require_empty(store)
-    count, records, ciphertext = await asyncio.to_thread(check_file, path)
-    if ciphertext is not None and secret_readable is not None and not secret_readable(ciphertext):
-        raise TransferError(
-            "the secrets in this export were encrypted with another key: give the target the "
-            "source's key (ASSAY_SECRET_KEY, or the same secret key file) and import again"
-        )
+    check = _Checker(secret_readable)
     async with store.append_transaction() as conn:
         if conn.dialect.name == "postgresql":
-            last_position = await _load_postgresql(conn, path)
+            await _load_postgresql(conn, path, check)
         else:
-            last_position = await conn.run_sync(_load, path)
+            await conn.run_sync(_load_sqlite, path, check)
     await rebuilding.rebuild(store)
-    return ImportReport(events=count, records=records, last_position=last_position)
+    return ImportReport(
+        events=check.events, records=check.records, last_position=check.last_position
+    )

@@ -13,6 +13,16 @@ position is never visible before a smaller one commits.
 The transaction body is synchronous code on a SQLAlchemy `Connection`: on a SQLite file it
 runs whole on the store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL
 through `AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
+
+The audit hash chains (domain/audit_chain.py) are computed in that body too, under the same
+lock: the global chain continues from the last row's `chain_hash` (one indexed read per batch)
+and each stream from its previous event's `hash`, kept in memory after commits (an event at a
+given stream version never changes, so a remembered hash stays right even with other writer
+processes) and read from the log on a miss.
+
+The rows go to the driver as one prepared statement per batch: on SQLite an executemany of
+tuples with positions the lock holder numbers itself, on PostgreSQL one INSERT ... SELECT FROM
+unnest(arrays) RETURNING the positions the identity gave (matched back by event id).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.audit_chain import ZERO_HASH, Chainer, canonical_body, canonical_text, hash_body
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
 from infrastructure.db.engine import create_sqlite_sync_engine, write_transaction
 from infrastructure.db.sqlite_writer import SQLiteWriter
@@ -40,6 +51,9 @@ log = structlog.get_logger("assay.eventstore")
 # One constant key for the advisory lock that orders every append on PostgreSQL.
 APPEND_LOCK_KEY = 0x61737361  # "assa"
 MAX_BATCH_UNITS = 256
+# Stream heads remembered for the hash chain; past this many the memory starts over.
+MAX_REMEMBERED_HEADS = 50_000
+StreamHeads = dict[tuple[str, str], tuple[int, str]]
 
 
 class ConcurrencyConflict(Exception):
@@ -77,6 +91,11 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: str
     metadata: str
     recorded_at: str
+    # The audit hash chains (domain/audit_chain.py); empty only for rows written around the store.
+    prev_hash: str = ""
+    hash: str = ""
+    chain_prev_hash: str = ""
+    chain_hash: str = ""
 
 
 # Runs inside the append transaction with the events just inserted (inline projections, the
@@ -116,7 +135,6 @@ class _Unit:
         )
 
 
-_INSERT = events.insert().returning(events.c.position, sort_by_parameter_order=True)
 _COLUMNS = (
     events.c.position,
     events.c.event_id,
@@ -128,6 +146,10 @@ _COLUMNS = (
     events.c.data,
     events.c.metadata,
     events.c.recorded_at,
+    events.c.prev_hash,
+    events.c.hash,
+    events.c.chain_prev_hash,
+    events.c.chain_hash,
 )
 _SELECT = sa.select(*_COLUMNS)
 _READ_STREAM = _SELECT.where(
@@ -150,6 +172,16 @@ _STREAM_VERSION = sa.select(sa.func.coalesce(sa.func.max(events.c.stream_version
     events.c.stream_type == sa.bindparam("stream_type"),
     events.c.stream_id == sa.bindparam("stream_id"),
 )
+_CHAIN_HEAD = (
+    sa.select(events.c.position, events.c.chain_hash).order_by(events.c.position.desc()).limit(1)
+)
+_STREAM_HASHES = sa.select(
+    events.c.stream_type, events.c.stream_id, events.c.stream_version, events.c.hash
+).where(
+    sa.tuple_(events.c.stream_type, events.c.stream_id, events.c.stream_version).in_(
+        sa.bindparam("keys", expanding=True)
+    )
+)
 _PG_LOCK = sa.text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
 
 
@@ -165,6 +197,10 @@ def _row(row: Any) -> RecordedEvent:
         data=row[7],
         metadata=row[8],
         recorded_at=row[9],
+        prev_hash=row[10],
+        hash=row[11],
+        chain_prev_hash=row[12],
+        chain_hash=row[13],
     )
 
 
@@ -185,6 +221,7 @@ class EventStore:
         self._after_commit = after_commit
         self._pending: list[_Unit] = []
         self._drain_task: asyncio.Task[None] | None = None
+        self._heads: StreamHeads = {}
         sync_engine = create_sqlite_sync_engine(engine)
         self._writer = SQLiteWriter(sync_engine) if sync_engine is not None else None
 
@@ -250,6 +287,7 @@ class EventStore:
         else:
             async with self.append_transaction() as conn:
                 recorded = await conn.run_sync(self._write_batch, batch)
+        self._remember_heads(recorded)
         self.committed(recorded)
         observe_batch(len(batch), len(recorded))
         cursor = 0
@@ -261,7 +299,9 @@ class EventStore:
     def _write_batch(self, conn: Connection, batch: list[_Unit]) -> list[RecordedEvent]:
         """The body of an append transaction: events, inline projections, side writes."""
         recorded = self.insert(
-            conn, [(append, unit.recorded_at) for unit in batch for append in unit.appends]
+            conn,
+            [(append, unit.recorded_at) for unit in batch for append in unit.appends],
+            heads=self._heads,
         )
         if recorded:
             self._in_transaction(conn, recorded)
@@ -272,31 +312,85 @@ class EventStore:
 
     @staticmethod
     def insert(
-        conn: Connection, appends: Sequence[tuple[StreamAppend, str]]
+        conn: Connection,
+        appends: Sequence[tuple[StreamAppend, str]],
+        *,
+        heads: StreamHeads | None = None,
     ) -> list[RecordedEvent]:
-        """Insert events inside a transaction of `append_transaction` (no projection)."""
-        rows: list[dict[str, Any]] = [
-            {
-                "event_id": event.event_id,
-                "stream_type": append.stream_type,
-                "stream_id": append.stream_id,
-                "stream_version": append.expected_version + offset,
-                "event_type": event.event_type,
-                "schema_version": event.schema_version,
-                "data": event.data,
-                "metadata": event.metadata,
-                "recorded_at": recorded_at,
-            }
-            for append, recorded_at in appends
-            for offset, event in enumerate(append.events, start=1)
-        ]
-        if not rows:
+        """Insert events inside a transaction of `append_transaction` (no projection), with
+        their hash chains. `heads`: stream heads known from earlier commits (read only)."""
+        if not any(append.events for append, _ in appends):
             return []
-        result = conn.execute(_INSERT, rows)
-        return [
-            RecordedEvent(position=position, **row)
-            for row, (position,) in zip(rows, result.all(), strict=True)
-        ]
+        prev_hashes = _stream_prev_hashes(conn, [a for a, _ in appends], heads or {})
+        head = conn.execute(_CHAIN_HEAD).first()
+        chainer = Chainer(chain_head=head[1] if head is not None else ZERO_HASH)
+        last_position = head[0] if head is not None else 0
+        metadata_canonical: dict[str, bytes] = {}
+        rows: list[dict[str, Any]] = []
+        for append, recorded_at in appends:
+            prev = prev_hashes.get((append.stream_type, append.stream_id), ZERO_HASH)
+            for offset, event in enumerate(append.events, start=1):
+                version = append.expected_version + offset
+                metadata = metadata_canonical.get(event.metadata)
+                if metadata is None:
+                    metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
+                own, chain_prev, chain = chainer.follow(
+                    hash_body(
+                        prev,
+                        canonical_body(
+                            event_id=event.event_id,
+                            stream_type=append.stream_type,
+                            stream_id=append.stream_id,
+                            stream_version=version,
+                            event_type=event.event_type,
+                            schema_version=event.schema_version,
+                            data_canonical=canonical_text(event.data),
+                            metadata_canonical=metadata,
+                            recorded_at=recorded_at,
+                        ),
+                    )
+                )
+                rows.append(
+                    {
+                        "event_id": event.event_id,
+                        "stream_type": append.stream_type,
+                        "stream_id": append.stream_id,
+                        "stream_version": version,
+                        "event_type": event.event_type,
+                        "schema_version": event.schema_version,
+                        "data": event.data,
+                        "metadata": event.metadata,
+                        "recorded_at": recorded_at,
+                        "prev_hash": prev,
+                        "hash": own,
+                        "chain_prev_hash": chain_prev,
+                        "chain_hash": chain,
+                    }
+                )
+                prev = own
+            prev_hashes[(append.stream_type, append.stream_id)] = prev
+        if conn.dialect.name == "sqlite":
+            return _insert_sqlite(conn, rows, last_position)
+        result = conn.exec_driver_sql(
+            _PG_INSERT, tuple([row[name] for row in rows] for name in _PG_COLUMNS)
+        )
+        given: dict[str, int] = {event_id: position for event_id, position in result.all()}
+        recorded: list[RecordedEvent] = []
+        for row in rows:
+            position = given[row["event_id"]]
+            # The chain was computed in row order: positions must follow it (they do: the
+            # lock is held and unnest yields rows in array order); never store a lie.
+            if position <= last_position:
+                raise RuntimeError("event positions were not assigned in insertion order")
+            last_position = position
+            recorded.append(RecordedEvent(position=position, **row))
+        return recorded
+
+    def _remember_heads(self, recorded: list[RecordedEvent]) -> None:
+        if len(self._heads) > MAX_REMEMBERED_HEADS:
+            self._heads.clear()
+        for r in recorded:
+            self._heads[(r.stream_type, r.stream_id)] = (r.stream_version, r.hash)
 
     def committed(self, recorded: list[RecordedEvent]) -> None:
         """Tell the after-commit hook about events whose transaction committed."""
@@ -408,6 +502,61 @@ class EventStore:
     async def last_position(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(_LAST_POSITION)).scalar_one())
+
+
+# A RecordedEvent field for field: its fields are the table's columns, in order.
+_ROW_COLUMNS = list(RecordedEvent.__struct_fields__)
+_SQLITE_INSERT = "INSERT INTO events ({}) VALUES ({})".format(
+    ", ".join(_ROW_COLUMNS), ", ".join("?" * len(_ROW_COLUMNS))
+)
+
+_PG_COLUMNS = _ROW_COLUMNS[1:]
+_PG_TYPES = {"stream_version": "int4", "schema_version": "int4"}
+# One statement whatever the batch size, its rows as arrays: asyncpg prepares it once per
+# connection. Rows are matched to their positions by event id (unique), never by order.
+_PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_id, position".format(
+    ", ".join(_PG_COLUMNS),
+    ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
+)
+
+
+def _insert_sqlite(
+    conn: Connection, rows: list[dict[str, Any]], last_position: int
+) -> list[RecordedEvent]:
+    """SQLite: the appender holds the database's only write lock (BEGIN IMMEDIATE), so it
+    numbers the rows itself, after the last one, and hands them to the driver's executemany
+    as tuples: no RETURNING, no statement to compile (AUTOINCREMENT's counter follows)."""
+    recorded = [
+        RecordedEvent(position=last_position + offset, **row)
+        for offset, row in enumerate(rows, start=1)
+    ]
+    conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
+    return recorded
+
+
+def _stream_prev_hashes(
+    conn: Connection, appends: Sequence[StreamAppend], heads: StreamHeads
+) -> dict[tuple[str, str], str]:
+    """The hash each append's stream ends with at its expected version (first appends of a
+    stream, and streams this batch itself extends, need none)."""
+    found: dict[tuple[str, str], str] = {}
+    wanted: list[tuple[str, str, int]] = []
+    extended: set[tuple[str, str]] = set()
+    for append in appends:
+        key = (append.stream_type, append.stream_id)
+        if append.expected_version > 0 and key not in extended:
+            known = heads.get(key)
+            if known is not None and known[0] == append.expected_version:
+                found[key] = known[1]
+            else:
+                wanted.append((*key, append.expected_version))
+        extended.add(key)
+    if wanted:
+        for stream_type, stream_id, _version, hash_ in conn.execute(
+            _STREAM_HASHES, {"keys": wanted}
+        ):
+            found[(stream_type, stream_id)] = hash_
+    return found
 
 
 class EventLog(Protocol):

@@ -232,6 +232,13 @@ class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: str
     # The Idempotency-Key of the create request that appended it (evaluation.created).
     idempotency_key: str | None = None
+    # shared/spec/audit.md: the whole metadata object and the hash chains, so an auditor can
+    # recompute every hash from this answer alone (README, "For auditors").
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
+    chain_prev_hash: str = ""
+    chain_hash: str = ""
 
 
 class TranscriptSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -359,4 +366,9 @@ def history_event(record: RecordedEvent) -> HistoryEvent:
         request_id=metadata.request_id,
         recorded_at=record.recorded_at,
         idempotency_key=metadata.idempotency_key,
+        metadata=msgspec.json.decode(record.metadata),
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+        chain_prev_hash=record.chain_prev_hash,
+        chain_hash=record.chain_hash,
     )

@@ -13,11 +13,13 @@ def main() -> None:
 
 def _register() -> None:
     # Sub-command modules import heavy dependencies; they attach themselves to `main` here.
-    from app.cli import admin, db, projections, serve, tasks, worker
+    from app.cli import admin, audit, db, log, projections, serve, tasks, worker
 
     for command in (
         admin.admin_commands,
+        audit.audit_commands,
         db.db_commands,
+        log.log_commands,
         projections.projection_commands,
         serve.serve_command,
         tasks.task_commands,

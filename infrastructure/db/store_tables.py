@@ -12,6 +12,7 @@ from infrastructure.db.metadata import metadata
 
 ID = sa.String(36)
 TIME = sa.String(32)
+HASH = sa.String(64)
 # SQLite only makes INTEGER PRIMARY KEY an alias of its rowid (monotonic with AUTOINCREMENT).
 POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -19,9 +20,7 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("position", POSITION, sa.Identity(always=False), primary_key=True),
-    # insert_sentinel (client-side only) lets SQLAlchemy insert a batch of events in one
-    # INSERT ... RETURNING on SQLite too, instead of one statement per event.
-    sa.Column("event_id", ID, nullable=False, unique=True, insert_sentinel=True),
+    sa.Column("event_id", ID, nullable=False, unique=True),
     sa.Column("stream_type", sa.String(32), nullable=False),
     sa.Column("stream_id", ID, nullable=False),
     sa.Column("stream_version", sa.Integer, nullable=False),
@@ -30,6 +29,13 @@ events = sa.Table(
     sa.Column("data", sa.Text, nullable=False),
     sa.Column("metadata", sa.Text, nullable=False),
     sa.Column("recorded_at", TIME, nullable=False),
+    # The audit hash chains (domain/audit_chain.py), lower-case hex SHA-256, written by the
+    # append that inserts the row. The empty default only serves rows that bypass the store
+    # (benchmark filler); `assay audit verify` reports such rows.
+    sa.Column("prev_hash", HASH, nullable=False, server_default=""),
+    sa.Column("hash", HASH, nullable=False, server_default=""),
+    sa.Column("chain_prev_hash", HASH, nullable=False, server_default=""),
+    sa.Column("chain_hash", HASH, nullable=False, server_default=""),
     sa.UniqueConstraint("stream_type", "stream_id", "stream_version", name="uq_events_stream"),
     sqlite_autoincrement=True,
 )

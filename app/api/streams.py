@@ -124,12 +124,14 @@ async def _evaluation_messages(
         was terminal before the last (empty) read: then everything up to it has been sent."""
         out: list[bytes] = []
         while True:
-            before = await queries.evaluation(evaluation_id)
+            # From the database, never a cached view: a view cached before another process's
+            # last append would never turn terminal, and the stream would never end.
+            (before,) = await queries.evaluations_by_id([evaluation_id])
             page = await queries.evaluation_history(
                 evaluation_id, after_position=cursor, limit=PAGE
             )
             if not page:
-                return cursor, out, before is not None and before.status in TERMINAL_STATUSES
+                return cursor, out, before.status in TERMINAL_STATUSES
             for record in page:
                 out.append(_event_message(record))
                 out.append(await evaluation_message(record.position))

@@ -79,13 +79,6 @@ def read_with_resumes(
                 count = 0
                 ended = True
                 for message in messages(r):
-                    if message.comment is not None:
-                        continue
-                    read.append(message)
-                    last_id = message.id
-                    count += 1
-                    if stop is not None and stop(read):
-                        return read, connections
                     if time.monotonic() > deadline:
                         raise AssertionError(
                             f"the stream did not end; read {len(read)} messages:\n"
@@ -93,6 +86,13 @@ def read_with_resumes(
                             + "\n"
                             + server.log_tail()
                         )
+                    if message.comment is not None:
+                        continue
+                    read.append(message)
+                    last_id = message.id
+                    count += 1
+                    if stop is not None and stop(read):
+                        return read, connections
                     if count >= every:
                         ended = False
                         break  # hang up mid-stream

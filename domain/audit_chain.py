@@ -322,14 +322,9 @@ def check_events(links: Iterable[Link]) -> list[Finding]:
     streams: dict[tuple[str, str], tuple[int, str]] = {}
     previous: Link | None = None
     for link in links:
-        finding = _check_own(link) or _check_stream(link, streams)
-        if finding is None and previous is not None and link.position == previous.position + 1:
-            if link.chain_prev_hash != previous.chain_hash:
-                finding = Finding(
-                    link.position,
-                    "changed",
-                    f"its chain_prev_hash is not the chain_hash of position {previous.position}",
-                )
+        finding = (
+            _check_own(link) or _check_stream(link, streams) or _check_adjacent(link, previous)
+        )
         if finding is not None:
             findings.append(finding)
         # The stored hashes, not recomputed ones: an edited event's successors still link to
@@ -337,6 +332,18 @@ def check_events(links: Iterable[Link]) -> list[Finding]:
         streams[(link.stream_type, link.stream_id)] = (link.stream_version, link.hash)
         previous = link
     return findings
+
+
+def _check_adjacent(link: Link, previous: Link | None) -> Finding | None:
+    if previous is None or link.position != previous.position + 1:
+        return None  # other streams' events lie between them: verify_links checks those links
+    if link.chain_prev_hash != previous.chain_hash:
+        return Finding(
+            link.position,
+            "changed",
+            f"its chain_prev_hash is not the chain_hash of position {previous.position}",
+        )
+    return None
 
 
 def _check_own(link: Link) -> Finding | None:

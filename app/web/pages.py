@@ -80,10 +80,16 @@ class WorkspacePages(Controller):
 
     @get("/evaluations/{evaluation_id:str}/items/{item_id:str}")
     async def item(
-        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str, item_id: str
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        evaluation_id: str,
+        item_id: str,
+        as_of: str | None = None,
     ) -> Template:
         tenant = await web_scope(request, org, ws)
-        context = await views.item_page(request, tenant, evaluation_id, item_id)
+        context = await views.item_page(request, tenant, evaluation_id, item_id, as_of)
         return Template("item.html", context=context)
 
     @get("/evaluations/{evaluation_id:str}/items/{item_id:str}/live")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from typing import Any
 
 from litestar import Request
@@ -13,6 +14,7 @@ from app.api.context import container_of, evaluation_in, item_in
 from app.api.schemas import HistoryEvent, history_event
 from app.auth import Scope
 from app.errors import ApiError
+from app.services.errors import NotFound
 from app.services.time_travel import PastEvaluation, evaluation_as_of, parse_as_of
 from app.web import charts
 from domain import analytics
@@ -240,23 +242,42 @@ async def history_page(
 
 
 async def item_page(
-    request: Request[Any, Any, Any], tenant: Scope, raw_id: str, raw_item: str
+    request: Request[Any, Any, Any],
+    tenant: Scope,
+    raw_id: str,
+    raw_item: str,
+    as_of: str | None = None,
 ) -> dict[str, Any]:
+    """One item now, or as of a position or time (its state folded like the evaluation's, its
+    timeline up to that position, its transcript's messages recorded by then)."""
     container = container_of(request)
     view = await evaluation_in(request, tenant, raw_id)
     item = await item_in(request, view, raw_item)
+    past: PastEvaluation | None = None
+    if as_of is not None:
+        past = await evaluation_as_of(container.queries, view.id, parse_as_of(as_of))
+        then = past.item(item.id)
+        if then is None:
+            raise NotFound(f"item {raw_item!r} as of {as_of!r} (it did not exist yet)")
+        view, item = past.evaluation, then
     messages = (
         await container.queue.transcript(item.session_id, after_seq=0, limit=2000)
         if item.session_id
         else []
     )
+    timeline = await history(request, view, item.id)
+    if past is not None:
+        until = datetime.fromisoformat(past.recorded_at)
+        timeline = [t for t in timeline if t["event"].position <= past.position]
+        messages = [m for m in messages if datetime.fromisoformat(m.created_at) <= until]
     return {
         **layout(tenant),
         "view": view,
         "item": item,
-        "timeline": await history(request, view, item.id),
+        "timeline": timeline,
         "messages": messages,
         "terminal": item.status in TERMINAL,
+        "past": past,
     }
 
 

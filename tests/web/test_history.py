@@ -70,6 +70,15 @@ def test_as_of_a_position_shows_the_past_state_without_actions(site: Site) -> No
     # The evaluation was still running then: still no cancel button, and no live updates.
     assert "Cancel evaluation" not in past.text and "data-live=" not in past.text
 
+    item = re.search(rf'href="({page}/items/[^"?]+)\?as_of={queued["position"]}"', past.text)
+    assert item, "the past page's items open as of the same position"
+    item_now = site.client.get(item.group(1)).text
+    assert "item.cancelled" in item_now
+    item_then = site.client.get(f"{item.group(1)}?as_of={queued['position']}").text
+    assert f"As of position {queued['position']}" in item_then
+    assert "queued (no verdict yet)" in item_then and "item.queued" in item_then
+    assert "item.cancelled" not in item_then and "data-live=" not in item_then
+
 
 def test_a_malformed_as_of_is_an_error_page(site: Site) -> None:
     site.sign_in()

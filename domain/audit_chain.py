@@ -312,6 +312,54 @@ def _check_stream(link: Link, streams: dict[tuple[str, str], tuple[int, str]]) -
     return None
 
 
+def check_events(links: Iterable[Link]) -> list[Finding]:
+    """Every bad event among the events of some streams (one evaluation's history), in position
+    order: each event's `hash` recomputed from its content and `prev_hash`, its `chain_hash`
+    from `chain_prev_hash` and `hash`, each stream's versions and `prev_hash` links, and the
+    chain link between events at adjacent positions. The events of other streams between them
+    are not here: whether the whole log holds together is `verify_links`'s walk."""
+    findings: list[Finding] = []
+    streams: dict[tuple[str, str], tuple[int, str]] = {}
+    previous: Link | None = None
+    for link in links:
+        finding = (
+            _check_own(link) or _check_stream(link, streams) or _check_adjacent(link, previous)
+        )
+        if finding is not None:
+            findings.append(finding)
+        # The stored hashes, not recomputed ones: an edited event's successors still link to
+        # what was stored, so only the edited event itself is named.
+        streams[(link.stream_type, link.stream_id)] = (link.stream_version, link.hash)
+        previous = link
+    return findings
+
+
+def _check_adjacent(link: Link, previous: Link | None) -> Finding | None:
+    if previous is None or link.position != previous.position + 1:
+        return None  # other streams' events lie between them: verify_links checks those links
+    if link.chain_prev_hash != previous.chain_hash:
+        return Finding(
+            link.position,
+            "changed",
+            f"its chain_prev_hash is not the chain_hash of position {previous.position}",
+        )
+    return None
+
+
+def _check_own(link: Link) -> Finding | None:
+    if link.hash != hash_body(link.prev_hash, link.body):
+        return Finding(
+            link.position,
+            "changed",
+            "its content does not match its stored hash (recomputed from content and prev_hash)",
+        )
+    if link.chain_hash != chain_hash(link.chain_prev_hash, link.hash):
+        return Finding(
+            link.position, "changed", "its chain_hash is not the hash of chain_prev_hash + hash"
+        )
+    return None
+
+
 @dataclass(slots=True)
 class Chainer:
     """Computes the hashes of new events, in position order, from the heads they follow."""

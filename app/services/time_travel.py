@@ -48,6 +48,10 @@ def parse_as_of(raw: str) -> AsOf:
 class PastEvaluation(msgspec.Struct, frozen=True):
     evaluation: EvaluationView
     items: list[ItemView]  # in position order
+    # The log position the state stands at (as asked, or the last event at the asked time),
+    # and when the last of the evaluation's events up to it was recorded: what a page says.
+    position: int
+    recorded_at: str
 
     def item(self, item_id: str) -> ItemView | None:
         return next((i for i in self.items if i.id == item_id), None)
@@ -72,9 +76,12 @@ async def evaluation_as_of(
     else:
         assert as_of.position is not None
         last = as_of.position
-    views = fold([r for r in records if r.position <= last])
+    folded = [r for r in records if r.position <= last]
+    views = fold(folded)
     evaluation = views.evaluations.get(evaluation_id)
     if evaluation is None:
         raise NotFound(f"evaluation {evaluation_id!r} as of {as_of.raw!r} (it did not exist yet)")
     items = sorted(views.items.values(), key=lambda i: i.position)
-    return PastEvaluation(evaluation=evaluation, items=items)
+    return PastEvaluation(
+        evaluation=evaluation, items=items, position=last, recorded_at=folded[-1].recorded_at
+    )

@@ -10,7 +10,7 @@ from litestar import Controller, Request, get
 from litestar.params import Parameter
 from litestar.response import Redirect, Template
 
-from app.api.context import container_of, evaluation_in
+from app.api.context import container_of
 from app.web import views
 from app.web.session import NotSignedIn, here, signed_in, web_scope
 
@@ -56,10 +56,16 @@ class WorkspacePages(Controller):
 
     @get("/evaluations/{evaluation_id:str}")
     async def evaluation(
-        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        evaluation_id: str,
+        as_of: str | None = None,
     ) -> Template:
+        """The evaluation now, or as of a log position or time (`?as_of=`, from History)."""
         tenant = await web_scope(request, org, ws)
-        context = await views.evaluation_page(request, tenant, evaluation_id)
+        context = await views.evaluation_page(request, tenant, evaluation_id, as_of)
         return Template("evaluation.html", context=context)
 
     @get("/evaluations/{evaluation_id:str}/live")
@@ -74,10 +80,16 @@ class WorkspacePages(Controller):
 
     @get("/evaluations/{evaluation_id:str}/items/{item_id:str}")
     async def item(
-        self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str, item_id: str
+        self,
+        request: Request[Any, Any, Any],
+        org: str,
+        ws: str,
+        evaluation_id: str,
+        item_id: str,
+        as_of: str | None = None,
     ) -> Template:
         tenant = await web_scope(request, org, ws)
-        context = await views.item_page(request, tenant, evaluation_id, item_id)
+        context = await views.item_page(request, tenant, evaluation_id, item_id, as_of)
         return Template("item.html", context=context)
 
     @get("/evaluations/{evaluation_id:str}/items/{item_id:str}/live")
@@ -94,12 +106,7 @@ class WorkspacePages(Controller):
         self, request: Request[Any, Any, Any], org: str, ws: str, evaluation_id: str
     ) -> Template:
         tenant = await web_scope(request, org, ws)
-        view = await evaluation_in(request, tenant, evaluation_id)
-        context = {
-            **views.layout(tenant),
-            "view": view,
-            "events": await views.history(request, view),
-        }
+        context = await views.history_page(request, tenant, evaluation_id)
         return Template("history.html", context=context)
 
     @get("/compare")

@@ -3,7 +3,9 @@ API (never through HTTP): one function per page, returning the template's contex
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import datetime
 from typing import Any
 
 from litestar import Request
@@ -12,11 +14,16 @@ from app.api.context import container_of, evaluation_in, item_in
 from app.api.schemas import HistoryEvent, history_event
 from app.auth import Scope
 from app.errors import ApiError
+from app.services.errors import NotFound
+from app.services.time_travel import PastEvaluation, evaluation_as_of, parse_as_of
 from app.web import charts
 from domain import analytics
+from domain.audit_chain import Finding, check_events
 from domain.evaluation import EVALUATION_STATUSES, TERMINAL_STATUSES, chosen_agent
 from domain.item import ITEM_STATUSES, TERMINAL, VERDICTS
 from domain.projections import EvaluationView, ItemView
+from infrastructure.audit.wire import link_of
+from infrastructure.eventstore import RecordedEvent
 
 PAGE_SIZE = 25
 # Item states in the order the progress bar draws them.
@@ -136,10 +143,18 @@ def _grouped_errors(items: list[ItemView]) -> list[tuple[str, int, list[ItemView
 
 
 async def evaluation_page(
-    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
+    request: Request[Any, Any, Any], tenant: Scope, raw_id: str, as_of: str | None = None
 ) -> dict[str, Any]:
+    """The evaluation now, or (`as_of`: a position or an RFC 3339 time) as it was then, folded
+    by the same service as the API's `?as_of=`; a past state offers no live updates nor actions."""
     view = await evaluation_in(request, tenant, raw_id)
-    items = await container_of(request).queries.items(view.id)
+    past: PastEvaluation | None = None
+    if as_of is not None:
+        queries = container_of(request).queries
+        past = await evaluation_as_of(queries, view.id, parse_as_of(as_of))
+        view, items = past.evaluation, past.items
+    else:
+        items = await container_of(request).queries.items(view.id)
     result = analytics.compute(view, items)
     return {
         **layout(tenant),
@@ -150,7 +165,8 @@ async def evaluation_page(
         "chart": charts.pass_rate_chart(result),
         "histogram": charts.histogram(charts.durations_seconds(items)),
         "errors": _grouped_errors(items),
-        "can_manage": can_manage(tenant, view),
+        "can_manage": past is None and can_manage(tenant, view),
+        "past": past,
         "retryable": any(i.status in TERMINAL - {"passed", "failed"} for i in items)
         or any(i.status == "failed" for i in items),
         "item_statuses": ITEM_STATUSES,
@@ -170,19 +186,25 @@ def _event_summary(event: HistoryEvent) -> str:
     return ", ".join(parts)
 
 
+async def _history_records(
+    request: Request[Any, Any, Any], view: EvaluationView
+) -> list[RecordedEvent]:
+    queries = container_of(request).queries
+    records: list[RecordedEvent] = []
+    after = 0
+    while True:
+        page = await queries.evaluation_history(view.id, after_position=after, limit=1000)
+        records.extend(page)
+        if len(page) < 1000:
+            return records
+        after = page[-1].position
+
+
 async def history(
     request: Request[Any, Any, Any], view: EvaluationView, stream_id: str | None = None
 ) -> list[dict[str, Any]]:
     """The evaluation's events in commit order (or one item's), each with a short summary."""
-    queries = container_of(request).queries
-    events: list[HistoryEvent] = []
-    after = 0
-    while True:
-        records = await queries.evaluation_history(view.id, after_position=after, limit=1000)
-        events.extend(history_event(r) for r in records)
-        if len(records) < 1000:
-            break
-        after = records[-1].position
+    events = [history_event(r) for r in await _history_records(request, view)]
     return [
         {"event": e, "summary": _event_summary(e)}
         for e in events
@@ -190,24 +212,72 @@ async def history(
     ]
 
 
-async def item_page(
-    request: Request[Any, Any, Any], tenant: Scope, raw_id: str, raw_item: str
+def _chain_findings(records: list[RecordedEvent]) -> list[Finding]:
+    return check_events(link_of(r) for r in records)
+
+
+async def history_page(
+    request: Request[Any, Any, Any], tenant: Scope, raw_id: str
 ) -> dict[str, Any]:
+    """The evaluation's events with the hash-chain check of each (domain.audit_chain), the
+    first bad one named; every row links to the evaluation as of its position."""
+    view = await evaluation_in(request, tenant, raw_id)
+    records = await _history_records(request, view)
+    # Hashing thousands of events is CPU work: off the event loop.
+    findings = await asyncio.to_thread(_chain_findings, records)
+    bad = {f.position: f for f in findings}
+    rows = []
+    for record in records:
+        event = history_event(record)
+        rows.append(
+            {"event": event, "summary": _event_summary(event), "finding": bad.get(record.position)}
+        )
+    return {
+        **layout(tenant),
+        "view": view,
+        "events": rows,
+        "findings": findings,
+        "first_finding": findings[0] if findings else None,
+    }
+
+
+async def item_page(
+    request: Request[Any, Any, Any],
+    tenant: Scope,
+    raw_id: str,
+    raw_item: str,
+    as_of: str | None = None,
+) -> dict[str, Any]:
+    """One item now, or as of a position or time (its state folded like the evaluation's, its
+    timeline up to that position, its transcript's messages recorded by then)."""
     container = container_of(request)
     view = await evaluation_in(request, tenant, raw_id)
     item = await item_in(request, view, raw_item)
+    past: PastEvaluation | None = None
+    if as_of is not None:
+        past = await evaluation_as_of(container.queries, view.id, parse_as_of(as_of))
+        then = past.item(item.id)
+        if then is None:
+            raise NotFound(f"item {raw_item!r} as of {as_of!r} (it did not exist yet)")
+        view, item = past.evaluation, then
     messages = (
         await container.queue.transcript(item.session_id, after_seq=0, limit=2000)
         if item.session_id
         else []
     )
+    timeline = await history(request, view, item.id)
+    if past is not None:
+        until = datetime.fromisoformat(past.recorded_at)
+        timeline = [t for t in timeline if t["event"].position <= past.position]
+        messages = [m for m in messages if datetime.fromisoformat(m.created_at) <= until]
     return {
         **layout(tenant),
         "view": view,
         "item": item,
-        "timeline": await history(request, view, item.id),
+        "timeline": timeline,
         "messages": messages,
         "terminal": item.status in TERMINAL,
+        "past": past,
     }
 
 

@@ -18,6 +18,7 @@ from domain.audit_chain import (
     canonical,
     canonical_body,
     canonical_text,
+    check_events,
     event_content,
     event_hash,
     hash_body,
@@ -120,3 +121,26 @@ def test_a_checkpoint_must_still_be_in_the_log_with_its_hash() -> None:
     assert (finding.position, finding.problem) == (4, "changed")  # type: ignore[union-attr]
     finding = verify_links(links[:3], checkpoint=Checkpoint(4, links[3].chain_hash))
     assert (finding.position, finding.problem) == (4, "missing")  # type: ignore[union-attr]
+
+
+def test_one_streams_events_check_alone_and_only_the_edited_event_is_named() -> None:
+    links = chain(8)
+    one_stream = [link for link in links if link.stream_id == "1"]  # positions 1, 3, 5, 7
+    assert check_events(links) == [] and check_events(one_stream) == []
+
+    edited = [
+        replace(link, body=canonical({"n": 99})) if link.position == 5 else link for link in links
+    ]
+    assert [(f.position, f.problem) for f in check_events(edited)] == [(5, "changed")]
+
+    rechained = [
+        replace(link, chain_hash="a" * 64) if link.position == 4 else link for link in links
+    ]
+    assert [f.position for f in check_events(rechained)] == [
+        4,
+        5,
+    ]  # its own and its successor's link
+
+    gap = [link for link in one_stream if link.position != 3]
+    finding = check_events(gap)[0]
+    assert (finding.position, finding.problem) == (5, "missing")

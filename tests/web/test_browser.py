@@ -319,3 +319,25 @@ def test_the_list_updates_running_rows_by_itself(context: Any, server: LiveServe
         timeout=TIMEOUT_MS
     )
     assert page.evaluate("window.__assayNoReload") is True
+
+
+def test_history_shows_the_intact_chain_and_opens_a_past_state(
+    context: Any, server: LiveServer
+) -> None:
+    assert server.tenant is not None
+    created = _api_create(server, name="history-walk", task_names=["find-the-flag"])
+    _wait_status(server, created["id"], {"completed", "partial", "failed"})
+    page = _sign_in(context, server, server.tenant.api_key)
+    page.goto(f"{server.url}/w/{server.org}/{server.workspace}/evaluations/{created['id']}/history")
+    assert "Intact:" in page.locator(".chain-check").inner_text()
+    first = page.get_by_role("link", name=re.compile("View the evaluation as of position")).first
+    position = first.inner_text()
+    first.click()
+    page.wait_for_url(re.compile(rf"\?as_of={position}$"))
+    banner = page.get_by_role("status").filter(has_text="As of position")
+    assert f"As of position {position}" in banner.inner_text()
+    assert "queued" in page.locator(".status-line").inner_text()
+    assert page.locator("#live").count() == 0  # no live updates of a past state
+    banner.get_by_role("link", name="back to now").click()
+    page.wait_for_url(re.compile(rf"/evaluations/{created['id']}$"))
+    assert "completed" in page.locator(".status-line").inner_text()

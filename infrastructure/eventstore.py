@@ -28,6 +28,7 @@ unnest(arrays) RETURNING the positions the identity gave (matched back by event 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -322,7 +323,11 @@ class EventStore:
         if not any(append.events for append, _ in appends):
             return []
         prev_hashes = _stream_prev_hashes(conn, [a for a, _ in appends], heads or {})
-        head = conn.execute(_CHAIN_HEAD).first()
+        driver = _sqlite_driver(conn)
+        if driver is not None:
+            head = _driver_call(driver.execute, _SQLITE_CHAIN_HEAD).fetchone()
+        else:
+            head = conn.execute(_CHAIN_HEAD).first()
         chainer = Chainer(chain_head=head[1] if head is not None else ZERO_HASH)
         last_position = head[0] if head is not None else 0
         metadata_canonical: dict[str, bytes] = {}
@@ -369,8 +374,12 @@ class EventStore:
                 )
                 prev = own
             prev_hashes[(append.stream_type, append.stream_id)] = prev
-        if conn.dialect.name == "sqlite":
-            return _insert_sqlite(conn, rows, last_position)
+        if driver is not None:
+            return _insert_sqlite(driver, rows, last_position)
+        if conn.dialect.name == "sqlite":  # aiosqlite (an in-memory database): no driver calls
+            recorded = _number(rows, last_position)
+            conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
+            return recorded
         result = conn.exec_driver_sql(
             _PG_INSERT, tuple([row[name] for row in rows] for name in _PG_COLUMNS)
         )
@@ -510,6 +519,8 @@ _SQLITE_INSERT = "INSERT INTO events ({}) VALUES ({})".format(
     ", ".join(_ROW_COLUMNS), ", ".join("?" * len(_ROW_COLUMNS))
 )
 
+_SQLITE_CHAIN_HEAD = "SELECT position, chain_hash FROM events ORDER BY position DESC LIMIT 1"
+
 _PG_COLUMNS = _ROW_COLUMNS[1:]
 _PG_TYPES = {"stream_version": "int4", "schema_version": "int4"}
 # One statement whatever the batch size, its rows as arrays: asyncpg prepares it once per
@@ -520,17 +531,39 @@ _PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_i
 )
 
 
-def _insert_sqlite(
-    conn: Connection, rows: list[dict[str, Any]], last_position: int
-) -> list[RecordedEvent]:
-    """SQLite: the appender holds the database's only write lock (BEGIN IMMEDIATE), so it
-    numbers the rows itself, after the last one, and hands them to the driver's executemany
-    as tuples: no RETURNING, no statement to compile (AUTOINCREMENT's counter follows)."""
-    recorded = [
+def _sqlite_driver(conn: Connection) -> sqlite3.Connection | None:
+    """The stdlib sqlite3 connection under `conn` (the store's writer), else None."""
+    if conn.dialect.name != "sqlite":
+        return None
+    driver = conn.connection.driver_connection
+    return driver if isinstance(driver, sqlite3.Connection) else None
+
+
+def _driver_call(method: Callable[..., Any], statement: str, *args: Any) -> Any:
+    """A call on the sqlite3 driver, its errors raised as SQLAlchemy would raise them (the
+    conflict handling and outage detection look for SQLAlchemy's classes)."""
+    try:
+        return method(statement, *args)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
+def _number(rows: list[dict[str, Any]], last_position: int) -> list[RecordedEvent]:
+    return [
         RecordedEvent(position=last_position + offset, **row)
         for offset, row in enumerate(rows, start=1)
     ]
-    conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
+
+
+def _insert_sqlite(
+    driver: sqlite3.Connection, rows: list[dict[str, Any]], last_position: int
+) -> list[RecordedEvent]:
+    """SQLite: the appender holds the database's only write lock (BEGIN IMMEDIATE), so it
+    numbers the rows itself, after the last one, and hands them to the driver's executemany
+    as tuples: no RETURNING, no statement to compile, no SQLAlchemy execution context
+    (AUTOINCREMENT's counter follows)."""
+    recorded = _number(rows, last_position)
+    _driver_call(driver.executemany, _SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
     return recorded
 
 

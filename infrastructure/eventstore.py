@@ -131,9 +131,20 @@ class _Unit:
         self.appends = appends
         self.recorded_at = recorded_at
         self.side_writes = side_writes
+        # The caller awaits this future itself (no shield, no second future): if the caller
+        # is cancelled the future is too, but the unit still commits with its batch (the
+        # drain never looks at a caller), and settling skips a future already cancelled.
         self.future: asyncio.Future[list[RecordedEvent]] = (
             asyncio.get_running_loop().create_future()
         )
+
+    def resolve(self, recorded: list[RecordedEvent]) -> None:
+        if not self.future.done():
+            self.future.set_result(recorded)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 _COLUMNS = (
@@ -248,7 +259,7 @@ class EventStore:
         if self._drain_task is None or self._drain_task.done():
             # The drain runs as its own task so a cancelled request cannot interrupt a commit.
             self._drain_task = asyncio.create_task(self._drain())
-        return await asyncio.shield(unit.future)
+        return await unit.future
 
     async def close(self) -> None:
         if self._drain_task is not None:
@@ -272,8 +283,7 @@ class EventStore:
                         await self._commit_alone(unit)
             except BaseException as exc:  # cancelled: no caller may wait forever
                 for unit in batch:
-                    if not unit.future.done():
-                        unit.future.set_exception(exc)
+                    unit.fail(exc)
                 raise
 
     async def _commit_alone(self, unit: _Unit) -> None:
@@ -294,7 +304,7 @@ class EventStore:
         cursor = 0
         for unit in batch:
             count = sum(len(a.events) for a in unit.appends)
-            unit.future.set_result(recorded[cursor : cursor + count])
+            unit.resolve(recorded[cursor : cursor + count])
             cursor += count
 
     def _write_batch(self, conn: Connection, batch: list[_Unit]) -> list[RecordedEvent]:
@@ -423,7 +433,7 @@ class EventStore:
         try:
             await self._settle(unit, exc)
         except Exception as lookup_failure:
-            unit.future.set_exception(lookup_failure)
+            unit.fail(lookup_failure)
 
     async def _settle(self, unit: _Unit, exc: Exception) -> None:
         """Tell an idempotent re-append from a real conflict after a failed single commit."""
@@ -431,7 +441,7 @@ class EventStore:
             isinstance(exc, DBAPIError) and VERSION_GAP_MESSAGE in str(exc)
         )
         if not is_conflict:
-            unit.future.set_exception(exc)
+            unit.fail(exc)
             return
         wanted = [(a, e) for a in unit.appends for e in a.events]
         existing = {r.event_id: r for r in await self.events_by_id([e.event_id for _, e in wanted])}
@@ -439,7 +449,7 @@ class EventStore:
             names = ", ".join(
                 f"{a.stream_type}/{a.stream_id}@{a.expected_version}" for a in unit.appends
             )
-            unit.future.set_exception(
+            unit.fail(
                 ConcurrencyConflict(f"stream moved past expected version: {names}")
             )
             return
@@ -450,9 +460,9 @@ class EventStore:
             for a, e in wanted
         )
         if same:
-            unit.future.set_result([existing[e.event_id] for _, e in wanted])
+            unit.resolve([existing[e.event_id] for _, e in wanted])
         else:
-            unit.future.set_exception(
+            unit.fail(
                 IdempotencyConflict("event id already used for a different event")
             )
 

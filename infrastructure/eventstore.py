@@ -234,6 +234,9 @@ class EventStore:
         self._pending: list[_Unit] = []
         self._drain_task: asyncio.Task[None] | None = None
         self._heads: StreamHeads = {}
+        # (position, chain_hash) of the last event this store committed (PostgreSQL's insert
+        # checks it instead of reading the head first).
+        self._chain_head: tuple[int, str] | None = None
         sync_engine = create_sqlite_sync_engine(engine)
         self._writer = SQLiteWriter(sync_engine) if sync_engine is not None else None
 
@@ -299,6 +302,8 @@ class EventStore:
             async with self.append_transaction() as conn:
                 recorded = await conn.run_sync(self._write_batch, batch)
         self._remember_heads(recorded)
+        if recorded:
+            self._chain_head = (recorded[-1].position, recorded[-1].chain_hash)
         self.committed(recorded)
         observe_batch(len(batch), len(recorded))
         cursor = 0
@@ -313,6 +318,7 @@ class EventStore:
             conn,
             [(append, unit.recorded_at) for unit in batch for append in unit.appends],
             heads=self._heads,
+            chain_head=self._chain_head,
         )
         if recorded:
             self._in_transaction(conn, recorded)
@@ -327,83 +333,40 @@ class EventStore:
         appends: Sequence[tuple[StreamAppend, str]],
         *,
         heads: StreamHeads | None = None,
+        chain_head: tuple[int, str] | None = None,
     ) -> list[RecordedEvent]:
         """Insert events inside a transaction of `append_transaction` (no projection), with
-        their hash chains. `heads`: stream heads known from earlier commits (read only)."""
+        their hash chains. `heads`: stream heads known from earlier commits (read only).
+        `chain_head`: (position, chain_hash) of the log's last event when this store last
+        committed; on PostgreSQL the insert then checks it in its own statement instead of
+        reading it first (a round trip), and reads it only when another writer moved it."""
         if not any(append.events for append, _ in appends):
             return []
         prev_hashes = _stream_prev_hashes(conn, [a for a, _ in appends], heads or {})
         driver = _sqlite_driver(conn)
         if driver is not None:
             head = _driver_call(driver.execute, _SQLITE_CHAIN_HEAD).fetchone()
-        else:
-            head = conn.execute(_CHAIN_HEAD).first()
-        chainer = Chainer(chain_head=head[1] if head is not None else ZERO_HASH)
-        last_position = head[0] if head is not None else 0
-        metadata_canonical: dict[str, bytes] = {}
-        rows: list[dict[str, Any]] = []
-        for append, recorded_at in appends:
-            prev = prev_hashes.get((append.stream_type, append.stream_id), ZERO_HASH)
-            for offset, event in enumerate(append.events, start=1):
-                version = append.expected_version + offset
-                metadata = metadata_canonical.get(event.metadata)
-                if metadata is None:
-                    metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
-                own, chain_prev, chain = chainer.follow(
-                    hash_body(
-                        prev,
-                        canonical_body(
-                            event_id=event.event_id,
-                            stream_type=append.stream_type,
-                            stream_id=append.stream_id,
-                            stream_version=version,
-                            event_type=event.event_type,
-                            schema_version=event.schema_version,
-                            data_canonical=canonical_text(event.data),
-                            metadata_canonical=metadata,
-                            recorded_at=recorded_at,
-                        ),
-                    )
-                )
-                rows.append(
-                    {
-                        "event_id": event.event_id,
-                        "stream_type": append.stream_type,
-                        "stream_id": append.stream_id,
-                        "stream_version": version,
-                        "event_type": event.event_type,
-                        "schema_version": event.schema_version,
-                        "data": event.data,
-                        "metadata": event.metadata,
-                        "recorded_at": recorded_at,
-                        "prev_hash": prev,
-                        "hash": own,
-                        "chain_prev_hash": chain_prev,
-                        "chain_hash": chain,
-                    }
-                )
-                prev = own
-            prev_hashes[(append.stream_type, append.stream_id)] = prev
-        if driver is not None:
-            return _insert_sqlite(driver, rows, last_position)
-        if conn.dialect.name == "sqlite":  # aiosqlite (an in-memory database): no driver calls
+            last_position, head_hash = (head[0], head[1]) if head is not None else (0, ZERO_HASH)
+            return _insert_sqlite(
+                driver, _chained_rows(appends, prev_hashes, head_hash), last_position
+            )
+        is_postgres = conn.dialect.name == "postgresql"
+        if is_postgres and chain_head is not None:
+            rows = _chained_rows(appends, prev_hashes, chain_head[1])
+            result = conn.exec_driver_sql(_PG_INSERT_AT_HEAD, (*_pg_arrays(rows), chain_head[0]))
+            given = {event_id: position for event_id, position in result.all()}
+            if given:
+                return _pg_recorded(rows, given, chain_head[0])
+        head = conn.execute(_CHAIN_HEAD).first()
+        last_position, head_hash = (head[0], head[1]) if head is not None else (0, ZERO_HASH)
+        rows = _chained_rows(appends, prev_hashes, head_hash)
+        if not is_postgres:  # aiosqlite (an in-memory database): no driver calls
             recorded = _number(rows, last_position)
             conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
             return recorded
-        result = conn.exec_driver_sql(
-            _PG_INSERT, tuple([row[name] for row in rows] for name in _PG_COLUMNS)
-        )
-        given: dict[str, int] = {event_id: position for event_id, position in result.all()}
-        recorded: list[RecordedEvent] = []
-        for row in rows:
-            position = given[row["event_id"]]
-            # The chain was computed in row order: positions must follow it (they do: the
-            # lock is held and unnest yields rows in array order); never store a lie.
-            if position <= last_position:
-                raise RuntimeError("event positions were not assigned in insertion order")
-            last_position = position
-            recorded.append(RecordedEvent(position=position, **row))
-        return recorded
+        result = conn.exec_driver_sql(_PG_INSERT, _pg_arrays(rows))
+        given = {event_id: position for event_id, position in result.all()}
+        return _pg_recorded(rows, given, last_position)
 
     def _remember_heads(self, recorded: list[RecordedEvent]) -> None:
         if len(self._heads) > MAX_REMEMBERED_HEADS:
@@ -449,9 +412,7 @@ class EventStore:
             names = ", ".join(
                 f"{a.stream_type}/{a.stream_id}@{a.expected_version}" for a in unit.appends
             )
-            unit.fail(
-                ConcurrencyConflict(f"stream moved past expected version: {names}")
-            )
+            unit.fail(ConcurrencyConflict(f"stream moved past expected version: {names}"))
             return
         same = len(existing) == len(wanted) and all(
             (r := existing.get(e.event_id)) is not None
@@ -462,9 +423,7 @@ class EventStore:
         if same:
             unit.resolve([existing[e.event_id] for _, e in wanted])
         else:
-            unit.fail(
-                IdempotencyConflict("event id already used for a different event")
-            )
+            unit.fail(IdempotencyConflict("event id already used for a different event"))
 
     # ---- reading ----
 
@@ -539,6 +498,87 @@ _PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_i
     ", ".join(_PG_COLUMNS),
     ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
 )
+# The same, inserting only while the log's last position is still $14 (the head the rows'
+# chain continues, as the store last committed it); no rows back: another writer moved it.
+_PG_INSERT_AT_HEAD = _PG_INSERT.replace(
+    " RETURNING ",
+    f" WHERE (SELECT coalesce(max(position), 0) FROM events) = ${len(_PG_COLUMNS) + 1}::int8"
+    " RETURNING ",
+)
+
+
+def _chained_rows(
+    appends: Sequence[tuple[StreamAppend, str]],
+    prev_hashes: dict[tuple[str, str], str],
+    chain_head: str,
+) -> list[dict[str, Any]]:
+    """The rows of `appends` with their hashes, the global chain continuing `chain_head`."""
+    prev_hashes = dict(prev_hashes)
+    chainer = Chainer(chain_head=chain_head)
+    metadata_canonical: dict[str, bytes] = {}
+    rows: list[dict[str, Any]] = []
+    for append, recorded_at in appends:
+        prev = prev_hashes.get((append.stream_type, append.stream_id), ZERO_HASH)
+        for offset, event in enumerate(append.events, start=1):
+            version = append.expected_version + offset
+            metadata = metadata_canonical.get(event.metadata)
+            if metadata is None:
+                metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
+            own, chain_prev, chain = chainer.follow(
+                hash_body(
+                    prev,
+                    canonical_body(
+                        event_id=event.event_id,
+                        stream_type=append.stream_type,
+                        stream_id=append.stream_id,
+                        stream_version=version,
+                        event_type=event.event_type,
+                        schema_version=event.schema_version,
+                        data_canonical=canonical_text(event.data),
+                        metadata_canonical=metadata,
+                        recorded_at=recorded_at,
+                    ),
+                )
+            )
+            rows.append(
+                {
+                    "event_id": event.event_id,
+                    "stream_type": append.stream_type,
+                    "stream_id": append.stream_id,
+                    "stream_version": version,
+                    "event_type": event.event_type,
+                    "schema_version": event.schema_version,
+                    "data": event.data,
+                    "metadata": event.metadata,
+                    "recorded_at": recorded_at,
+                    "prev_hash": prev,
+                    "hash": own,
+                    "chain_prev_hash": chain_prev,
+                    "chain_hash": chain,
+                }
+            )
+            prev = own
+        prev_hashes[(append.stream_type, append.stream_id)] = prev
+    return rows
+
+
+def _pg_arrays(rows: list[dict[str, Any]]) -> tuple[list[Any], ...]:
+    return tuple([row[name] for row in rows] for name in _PG_COLUMNS)
+
+
+def _pg_recorded(
+    rows: list[dict[str, Any]], given: dict[str, int], last_position: int
+) -> list[RecordedEvent]:
+    recorded: list[RecordedEvent] = []
+    for row in rows:
+        position = given[row["event_id"]]
+        # The chain was computed in row order: positions must follow it (they do: the
+        # lock is held and unnest yields rows in array order); never store a lie.
+        if position <= last_position:
+            raise RuntimeError("event positions were not assigned in insertion order")
+        last_position = position
+        recorded.append(RecordedEvent(position=position, **row))
+    return recorded
 
 
 def _sqlite_driver(conn: Connection) -> sqlite3.Connection | None:

@@ -85,6 +85,8 @@ class SQLiteWriter:
 
     async def close(self) -> None:
         if self._inline is not None:
+            # Its busy timeout is zero: discard it rather than hand it back to the pool.
+            self._inline.invalidate()
             self._inline.close()
             self._inline = None
         await asyncio.to_thread(self._thread.shutdown, wait=True)

@@ -11,14 +11,17 @@ writer at a time); on PostgreSQL it first takes one transaction-scoped advisory 
 position is never visible before a smaller one commits.
 
 The transaction body is synchronous code on a SQLAlchemy `Connection`: on a SQLite file it
-runs whole on the store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL
-through `AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
+runs whole on the event loop's own connection while the write lock is free, else on the
+store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL through
+`AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
 
 The audit hash chains (domain/audit_chain.py) are computed in that body too, under the same
-lock: the global chain continues from the last row's `chain_hash` (one indexed read per batch)
-and each stream from its previous event's `hash`, kept in memory after commits (an event at a
-given stream version never changes, so a remembered hash stays right even with other writer
-processes) and read from the log on a miss.
+lock: the global chain continues from the last row's `chain_hash` (one indexed read per batch
+on SQLite; on PostgreSQL the insert itself checks that the head is still the one this store
+last committed, and the head is read only when another writer moved it) and each stream
+from its previous event's `hash`, kept in memory after commits (an event at a given stream
+version never changes, so a remembered hash stays right even with other writer processes) and
+read from the log on a miss.
 
 The rows go to the driver as one prepared statement per batch: on SQLite an executemany of
 tuples with positions the lock holder numbers itself, on PostgreSQL one INSERT ... SELECT FROM

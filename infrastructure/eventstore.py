@@ -11,14 +11,17 @@ writer at a time); on PostgreSQL it first takes one transaction-scoped advisory 
 position is never visible before a smaller one commits.
 
 The transaction body is synchronous code on a SQLAlchemy `Connection`: on a SQLite file it
-runs whole on the store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL
-through `AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
+runs whole on the event loop's own connection while the write lock is free, else on the
+store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL through
+`AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
 
 The audit hash chains (domain/audit_chain.py) are computed in that body too, under the same
-lock: the global chain continues from the last row's `chain_hash` (one indexed read per batch)
-and each stream from its previous event's `hash`, kept in memory after commits (an event at a
-given stream version never changes, so a remembered hash stays right even with other writer
-processes) and read from the log on a miss.
+lock: the global chain continues from the last row's `chain_hash` (one indexed read per batch
+on SQLite; on PostgreSQL the insert itself checks that the head is still the one this store
+last committed, and the head is read only when another writer moved it) and each stream
+from its previous event's `hash`, kept in memory after commits (an event at a given stream
+version never changes, so a remembered hash stays right even with other writer processes) and
+read from the log on a miss.
 
 The rows go to the driver as one prepared statement per batch: on SQLite an executemany of
 tuples with positions the lock holder numbers itself, on PostgreSQL one INSERT ... SELECT FROM
@@ -28,6 +31,7 @@ unnest(arrays) RETURNING the positions the identity gave (matched back by event 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -130,9 +134,20 @@ class _Unit:
         self.appends = appends
         self.recorded_at = recorded_at
         self.side_writes = side_writes
+        # The caller awaits this future itself (no shield, no second future): if the caller
+        # is cancelled the future is too, but the unit still commits with its batch (the
+        # drain never looks at a caller), and settling skips a future already cancelled.
         self.future: asyncio.Future[list[RecordedEvent]] = (
             asyncio.get_running_loop().create_future()
         )
+
+    def resolve(self, recorded: list[RecordedEvent]) -> None:
+        if not self.future.done():
+            self.future.set_result(recorded)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 _COLUMNS = (
@@ -222,6 +237,9 @@ class EventStore:
         self._pending: list[_Unit] = []
         self._drain_task: asyncio.Task[None] | None = None
         self._heads: StreamHeads = {}
+        # (position, chain_hash) of the last event this store committed (PostgreSQL's insert
+        # checks it instead of reading the head first).
+        self._chain_head: tuple[int, str] | None = None
         sync_engine = create_sqlite_sync_engine(engine)
         self._writer = SQLiteWriter(sync_engine) if sync_engine is not None else None
 
@@ -247,7 +265,7 @@ class EventStore:
         if self._drain_task is None or self._drain_task.done():
             # The drain runs as its own task so a cancelled request cannot interrupt a commit.
             self._drain_task = asyncio.create_task(self._drain())
-        return await asyncio.shield(unit.future)
+        return await unit.future
 
     async def close(self) -> None:
         if self._drain_task is not None:
@@ -271,8 +289,7 @@ class EventStore:
                         await self._commit_alone(unit)
             except BaseException as exc:  # cancelled: no caller may wait forever
                 for unit in batch:
-                    if not unit.future.done():
-                        unit.future.set_exception(exc)
+                    unit.fail(exc)
                 raise
 
     async def _commit_alone(self, unit: _Unit) -> None:
@@ -288,12 +305,14 @@ class EventStore:
             async with self.append_transaction() as conn:
                 recorded = await conn.run_sync(self._write_batch, batch)
         self._remember_heads(recorded)
+        if recorded:
+            self._chain_head = (recorded[-1].position, recorded[-1].chain_hash)
         self.committed(recorded)
         observe_batch(len(batch), len(recorded))
         cursor = 0
         for unit in batch:
             count = sum(len(a.events) for a in unit.appends)
-            unit.future.set_result(recorded[cursor : cursor + count])
+            unit.resolve(recorded[cursor : cursor + count])
             cursor += count
 
     def _write_batch(self, conn: Connection, batch: list[_Unit]) -> list[RecordedEvent]:
@@ -302,6 +321,7 @@ class EventStore:
             conn,
             [(append, unit.recorded_at) for unit in batch for append in unit.appends],
             heads=self._heads,
+            chain_head=self._chain_head,
         )
         if recorded:
             self._in_transaction(conn, recorded)
@@ -316,75 +336,40 @@ class EventStore:
         appends: Sequence[tuple[StreamAppend, str]],
         *,
         heads: StreamHeads | None = None,
+        chain_head: tuple[int, str] | None = None,
     ) -> list[RecordedEvent]:
         """Insert events inside a transaction of `append_transaction` (no projection), with
-        their hash chains. `heads`: stream heads known from earlier commits (read only)."""
+        their hash chains. `heads`: stream heads known from earlier commits (read only).
+        `chain_head`: (position, chain_hash) of the log's last event when this store last
+        committed; on PostgreSQL the insert then checks it in its own statement instead of
+        reading it first (a round trip), and reads it only when another writer moved it."""
         if not any(append.events for append, _ in appends):
             return []
         prev_hashes = _stream_prev_hashes(conn, [a for a, _ in appends], heads or {})
+        driver = _sqlite_driver(conn)
+        if driver is not None:
+            head = _driver_call(driver.execute, _SQLITE_CHAIN_HEAD).fetchone()
+            last_position, head_hash = (head[0], head[1]) if head is not None else (0, ZERO_HASH)
+            return _insert_sqlite(
+                driver, _chained_rows(appends, prev_hashes, head_hash), last_position
+            )
+        is_postgres = conn.dialect.name == "postgresql"
+        if is_postgres and chain_head is not None:
+            rows = _chained_rows(appends, prev_hashes, chain_head[1])
+            result = conn.exec_driver_sql(_PG_INSERT_AT_HEAD, (*_pg_arrays(rows), chain_head[0]))
+            given = {event_id: position for event_id, position in result.all()}
+            if given:
+                return _pg_recorded(rows, given, chain_head[0])
         head = conn.execute(_CHAIN_HEAD).first()
-        chainer = Chainer(chain_head=head[1] if head is not None else ZERO_HASH)
-        last_position = head[0] if head is not None else 0
-        metadata_canonical: dict[str, bytes] = {}
-        rows: list[dict[str, Any]] = []
-        for append, recorded_at in appends:
-            prev = prev_hashes.get((append.stream_type, append.stream_id), ZERO_HASH)
-            for offset, event in enumerate(append.events, start=1):
-                version = append.expected_version + offset
-                metadata = metadata_canonical.get(event.metadata)
-                if metadata is None:
-                    metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
-                own, chain_prev, chain = chainer.follow(
-                    hash_body(
-                        prev,
-                        canonical_body(
-                            event_id=event.event_id,
-                            stream_type=append.stream_type,
-                            stream_id=append.stream_id,
-                            stream_version=version,
-                            event_type=event.event_type,
-                            schema_version=event.schema_version,
-                            data_canonical=canonical_text(event.data),
-                            metadata_canonical=metadata,
-                            recorded_at=recorded_at,
-                        ),
-                    )
-                )
-                rows.append(
-                    {
-                        "event_id": event.event_id,
-                        "stream_type": append.stream_type,
-                        "stream_id": append.stream_id,
-                        "stream_version": version,
-                        "event_type": event.event_type,
-                        "schema_version": event.schema_version,
-                        "data": event.data,
-                        "metadata": event.metadata,
-                        "recorded_at": recorded_at,
-                        "prev_hash": prev,
-                        "hash": own,
-                        "chain_prev_hash": chain_prev,
-                        "chain_hash": chain,
-                    }
-                )
-                prev = own
-            prev_hashes[(append.stream_type, append.stream_id)] = prev
-        if conn.dialect.name == "sqlite":
-            return _insert_sqlite(conn, rows, last_position)
-        result = conn.exec_driver_sql(
-            _PG_INSERT, tuple([row[name] for row in rows] for name in _PG_COLUMNS)
-        )
-        given: dict[str, int] = {event_id: position for event_id, position in result.all()}
-        recorded: list[RecordedEvent] = []
-        for row in rows:
-            position = given[row["event_id"]]
-            # The chain was computed in row order: positions must follow it (they do: the
-            # lock is held and unnest yields rows in array order); never store a lie.
-            if position <= last_position:
-                raise RuntimeError("event positions were not assigned in insertion order")
-            last_position = position
-            recorded.append(RecordedEvent(position=position, **row))
-        return recorded
+        last_position, head_hash = (head[0], head[1]) if head is not None else (0, ZERO_HASH)
+        rows = _chained_rows(appends, prev_hashes, head_hash)
+        if not is_postgres:  # aiosqlite (an in-memory database): no driver calls
+            recorded = _number(rows, last_position)
+            conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
+            return recorded
+        result = conn.exec_driver_sql(_PG_INSERT, _pg_arrays(rows))
+        given = {event_id: position for event_id, position in result.all()}
+        return _pg_recorded(rows, given, last_position)
 
     def _remember_heads(self, recorded: list[RecordedEvent]) -> None:
         if len(self._heads) > MAX_REMEMBERED_HEADS:
@@ -414,7 +399,7 @@ class EventStore:
         try:
             await self._settle(unit, exc)
         except Exception as lookup_failure:
-            unit.future.set_exception(lookup_failure)
+            unit.fail(lookup_failure)
 
     async def _settle(self, unit: _Unit, exc: Exception) -> None:
         """Tell an idempotent re-append from a real conflict after a failed single commit."""
@@ -422,7 +407,7 @@ class EventStore:
             isinstance(exc, DBAPIError) and VERSION_GAP_MESSAGE in str(exc)
         )
         if not is_conflict:
-            unit.future.set_exception(exc)
+            unit.fail(exc)
             return
         wanted = [(a, e) for a in unit.appends for e in a.events]
         existing = {r.event_id: r for r in await self.events_by_id([e.event_id for _, e in wanted])}
@@ -430,9 +415,7 @@ class EventStore:
             names = ", ".join(
                 f"{a.stream_type}/{a.stream_id}@{a.expected_version}" for a in unit.appends
             )
-            unit.future.set_exception(
-                ConcurrencyConflict(f"stream moved past expected version: {names}")
-            )
+            unit.fail(ConcurrencyConflict(f"stream moved past expected version: {names}"))
             return
         same = len(existing) == len(wanted) and all(
             (r := existing.get(e.event_id)) is not None
@@ -441,11 +424,9 @@ class EventStore:
             for a, e in wanted
         )
         if same:
-            unit.future.set_result([existing[e.event_id] for _, e in wanted])
+            unit.resolve([existing[e.event_id] for _, e in wanted])
         else:
-            unit.future.set_exception(
-                IdempotencyConflict("event id already used for a different event")
-            )
+            unit.fail(IdempotencyConflict("event id already used for a different event"))
 
     # ---- reading ----
 
@@ -510,6 +491,8 @@ _SQLITE_INSERT = "INSERT INTO events ({}) VALUES ({})".format(
     ", ".join(_ROW_COLUMNS), ", ".join("?" * len(_ROW_COLUMNS))
 )
 
+_SQLITE_CHAIN_HEAD = "SELECT position, chain_hash FROM events ORDER BY position DESC LIMIT 1"
+
 _PG_COLUMNS = _ROW_COLUMNS[1:]
 _PG_TYPES = {"stream_version": "int4", "schema_version": "int4"}
 # One statement whatever the batch size, its rows as arrays: asyncpg prepares it once per
@@ -518,19 +501,122 @@ _PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_i
     ", ".join(_PG_COLUMNS),
     ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
 )
+# The same, inserting only while the log's last position is still $14 (the head the rows'
+# chain continues, as the store last committed it); no rows back: another writer moved it.
+_PG_INSERT_AT_HEAD = _PG_INSERT.replace(
+    " RETURNING ",
+    f" WHERE (SELECT coalesce(max(position), 0) FROM events) = ${len(_PG_COLUMNS) + 1}::int8"
+    " RETURNING ",
+)
 
 
-def _insert_sqlite(
-    conn: Connection, rows: list[dict[str, Any]], last_position: int
+def _chained_rows(
+    appends: Sequence[tuple[StreamAppend, str]],
+    prev_hashes: dict[tuple[str, str], str],
+    chain_head: str,
+) -> list[dict[str, Any]]:
+    """The rows of `appends` with their hashes, the global chain continuing `chain_head`."""
+    prev_hashes = dict(prev_hashes)
+    chainer = Chainer(chain_head=chain_head)
+    metadata_canonical: dict[str, bytes] = {}
+    rows: list[dict[str, Any]] = []
+    for append, recorded_at in appends:
+        prev = prev_hashes.get((append.stream_type, append.stream_id), ZERO_HASH)
+        for offset, event in enumerate(append.events, start=1):
+            version = append.expected_version + offset
+            metadata = metadata_canonical.get(event.metadata)
+            if metadata is None:
+                metadata = metadata_canonical[event.metadata] = canonical_text(event.metadata)
+            own, chain_prev, chain = chainer.follow(
+                hash_body(
+                    prev,
+                    canonical_body(
+                        event_id=event.event_id,
+                        stream_type=append.stream_type,
+                        stream_id=append.stream_id,
+                        stream_version=version,
+                        event_type=event.event_type,
+                        schema_version=event.schema_version,
+                        data_canonical=canonical_text(event.data),
+                        metadata_canonical=metadata,
+                        recorded_at=recorded_at,
+                    ),
+                )
+            )
+            rows.append(
+                {
+                    "event_id": event.event_id,
+                    "stream_type": append.stream_type,
+                    "stream_id": append.stream_id,
+                    "stream_version": version,
+                    "event_type": event.event_type,
+                    "schema_version": event.schema_version,
+                    "data": event.data,
+                    "metadata": event.metadata,
+                    "recorded_at": recorded_at,
+                    "prev_hash": prev,
+                    "hash": own,
+                    "chain_prev_hash": chain_prev,
+                    "chain_hash": chain,
+                }
+            )
+            prev = own
+        prev_hashes[(append.stream_type, append.stream_id)] = prev
+    return rows
+
+
+def _pg_arrays(rows: list[dict[str, Any]]) -> tuple[list[Any], ...]:
+    return tuple([row[name] for row in rows] for name in _PG_COLUMNS)
+
+
+def _pg_recorded(
+    rows: list[dict[str, Any]], given: dict[str, int], last_position: int
 ) -> list[RecordedEvent]:
-    """SQLite: the appender holds the database's only write lock (BEGIN IMMEDIATE), so it
-    numbers the rows itself, after the last one, and hands them to the driver's executemany
-    as tuples: no RETURNING, no statement to compile (AUTOINCREMENT's counter follows)."""
-    recorded = [
+    recorded: list[RecordedEvent] = []
+    for row in rows:
+        position = given[row["event_id"]]
+        # The chain was computed in row order: positions must follow it (they do: the
+        # lock is held and unnest yields rows in array order); never store a lie.
+        if position <= last_position:
+            raise RuntimeError("event positions were not assigned in insertion order")
+        last_position = position
+        recorded.append(RecordedEvent(position=position, **row))
+    return recorded
+
+
+def _sqlite_driver(conn: Connection) -> sqlite3.Connection | None:
+    """The stdlib sqlite3 connection under `conn` (the store's writer), else None."""
+    if conn.dialect.name != "sqlite":
+        return None
+    driver = conn.connection.driver_connection
+    return driver if isinstance(driver, sqlite3.Connection) else None
+
+
+def _driver_call(method: Callable[..., Any], statement: str, *args: Any) -> Any:
+    """A call on the sqlite3 driver, its errors raised as SQLAlchemy would raise them (the
+    conflict handling and outage detection look for SQLAlchemy's classes)."""
+    try:
+        return method(statement, *args)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
+def _number(rows: list[dict[str, Any]], last_position: int) -> list[RecordedEvent]:
+    return [
         RecordedEvent(position=last_position + offset, **row)
         for offset, row in enumerate(rows, start=1)
     ]
-    conn.exec_driver_sql(_SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
+
+
+def _insert_sqlite(
+    driver: sqlite3.Connection, rows: list[dict[str, Any]], last_position: int
+) -> list[RecordedEvent]:
+    """SQLite: the appender holds the database's only write lock (BEGIN IMMEDIATE), so it
+    numbers the rows itself, after the last one, and hands them to the driver's executemany
+    as tuples: no RETURNING, no statement to compile, no SQLAlchemy execution context
+    (AUTOINCREMENT's counter follows)."""
+    recorded = _number(rows, last_position)
+    _driver_call(driver.executemany, _SQLITE_INSERT, [msgspec.structs.astuple(r) for r in recorded])
     return recorded
 
 

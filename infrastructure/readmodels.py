@@ -142,6 +142,8 @@ class Projector:
         self._last_fold = ("", "", Fold())
         stamp = (recorded[0].event_id, recorded[-1].event_id) if recorded else ("", "")
         recorded = [r for r in recorded if r.stream_type in codec.DOMAIN_STREAMS]
+        if not recorded:  # other streams (the registry's, the log's own): nothing to fold
+            return
         decoded = [codec.decode(r) for r in recorded]
         created_evaluations = {
             e.evaluation_id for e in decoded if isinstance(e, ev.EvaluationCreated)

@@ -610,3 +610,54 @@ async def test_upcasters_chain_from_the_stored_version_to_the_current_one(
     assert from_zero == ev.EvaluationFailed(evaluation_id=evaluation_id, error="disk")
     assert from_one == ev.EvaluationFailed(evaluation_id=evaluation_id, error="oom")
     assert kind not in codec.CURRENT_SCHEMA
+
+
+# ---- the global hash chain across writers ----
+
+
+async def test_appends_alternating_between_two_processes_keep_one_verifiable_chain(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    # Each store remembers the chain head it last committed; the other's appends move it.
+    from domain.audit_chain import verify_links
+    from infrastructure.audit.wire import link_of
+
+    async with other_process(database_url) as one, other_process(database_url) as two:
+        versions = {id(one): 0, id(two): 0}
+        sids = {id(one): new_id(), id(two): new_id()}
+        for store in (one, two, one, one, two, two, one, two):
+            events = [make_event(versions[id(store)] + i) for i in range(2)]
+            await store.append(
+                [stream(sids[id(store)], events, expected=versions[id(store)])], recorded_at=AT
+            )
+            versions[id(store)] += 2
+
+    feed = await EventStore(engine, in_transaction=log_only).read_all(limit=1000)
+    assert len(feed) == 16
+    assert verify_links(link_of(r) for r in feed) is None
+
+
+async def test_an_append_waits_for_the_write_lock_another_connection_holds(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    # SQLite: the file's write lock (the store's loop connection never waits for it, its
+    # writer thread does); PostgreSQL: the append lock every append takes.
+    from infrastructure.eventstore import APPEND_LOCK_KEY
+
+    async with engine.connect() as blocker, other_process(database_url) as store:
+        if engine.dialect.name == "sqlite":
+            await blocker.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            await blocker.begin()
+            await blocker.execute(sa.text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
+        pending = asyncio.ensure_future(
+            store.append([stream(new_id(), [make_event(0)])], recorded_at=AT)
+        )
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # waiting for the lock, while the loop still runs
+        if engine.dialect.name == "sqlite":
+            await blocker.exec_driver_sql("COMMIT")
+        else:
+            await blocker.commit()
+        recorded = await pending
+    assert [r.stream_version for r in recorded] == [1]

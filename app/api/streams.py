@@ -114,27 +114,25 @@ async def _evaluation_messages(
 ) -> AsyncIterator[bytes]:
     queries = container.queries
 
-    async def evaluation_message(position: int) -> bytes:
-        view = await queries.evaluation(evaluation_id)
-        assert view is not None  # evaluations are never removed
-        return _message(position, "evaluation", _evaluation_json(view, await container.capacity()))
-
     async def catch_up(cursor: int) -> tuple[int, list[bytes], bool]:
         """Messages for what the database holds after `cursor`, and whether the evaluation
         was terminal before the last (empty) read: then everything up to it has been sent."""
         out: list[bytes] = []
         while True:
             # From the database, never a cached view: a view cached before another process's
-            # last append would never turn terminal, and the stream would never end.
+            # last append would never turn terminal (the stream would never end), or would
+            # send an evaluation object older than the events before it.
             (before,) = await queries.evaluations_by_id([evaluation_id])
             page = await queries.evaluation_history(
                 evaluation_id, after_position=cursor, limit=PAGE
             )
             if not page:
                 return cursor, out, before.status in TERMINAL_STATUSES
+            (now,) = await queries.evaluations_by_id([evaluation_id])
+            current = _evaluation_json(now, await container.capacity())
             for record in page:
                 out.append(_event_message(record))
-                out.append(await evaluation_message(record.position))
+                out.append(_message(record.position, "evaluation", current))
             cursor = page[-1].position
 
     subscription = await container.live.subscribe(evaluation_key(evaluation_id))

@@ -272,3 +272,18 @@ def write_bundle(
 
 def _script(body: str) -> str:
     return "#!/usr/bin/env bash\n" + textwrap.dedent(body).lstrip("\n")
+
+
+def leftover_sandboxes(root: Path) -> list[Path]:
+    """What a worker left under its sandbox root once its items ended: nothing but the folder
+    of item networks, the views' shared /etc copy and the sandboxes (and their networks) its
+    warm pool holds for the next items."""
+
+    def pooled(path: Path) -> bool:
+        return path.name.startswith("warm--")
+
+    networks = root / ".networks"
+    left = [p for p in root.iterdir() if not pooled(p) and p.name not in (".etc", ".networks")]
+    if networks.is_dir():
+        left += [p for p in networks.iterdir() if not pooled(p)]
+    return left

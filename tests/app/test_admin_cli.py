@@ -305,7 +305,9 @@ def test_every_sub_command_family_is_registered_under_a_name_that_says_what_it_i
 
     assert commands == {
         "admin": "admin_commands",
+        "audit": "audit_commands",
         "db": "db_commands",
+        "log": "log_commands",
         "projections": "projection_commands",
         "serve": "serve_command",
         "tasks": "task_commands",

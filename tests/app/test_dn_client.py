@@ -25,6 +25,7 @@ from tests.app.dn_client import (
     LiveServer,
     dn_or_skip,
 )
+from tests.app.execution_fixtures import leftover_sandboxes
 
 MODEL = "openai/gpt-4o-mini"
 
@@ -335,11 +336,6 @@ def test_create_with_wait_follows_an_oracle_run_to_completed(
     # The worker cleans up after itself (cleanup_policy always), right after each verdict.
     sandboxes = working_server.workdir / "sandboxes"
     deadline = time.monotonic() + 10
-    while leftovers := [
-        path
-        for path in sandboxes.glob("*")
-        # The (empty) folder of item networks stays; what it held must not.
-        if path.name != ".networks" or any(path.iterdir())
-    ]:
+    while leftovers := leftover_sandboxes(sandboxes):
         assert time.monotonic() < deadline, leftovers
         time.sleep(0.1)

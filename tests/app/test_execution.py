@@ -28,6 +28,7 @@ from tests.app.execution_fixtures import (
     Engine,
     Start,
     epoch,
+    leftover_sandboxes,
     write_bundle,
 )
 from tests.infrastructure.scripted_openai import ScriptedOpenAI, completion, tool_call
@@ -635,17 +636,7 @@ def test_cleanup_always_removes_the_sandbox_once_the_item_ends(service: Start) -
     # folder of item networks, the views' shared /etc of a non-root worker, and the sandboxes
     # its warm pool holds for the next items).
     assert engine.sandbox_root.is_dir()
-    left = [
-        p.name
-        for p in engine.sandbox_root.iterdir()
-        if not p.name.startswith("warm--") and p.name != ".etc"
-    ]
-    assert left in ([], [".networks"])
-    networks = engine.sandbox_root / ".networks"
-    assert (
-        not networks.exists()
-        or [p for p in networks.iterdir() if not p.name.startswith("warm--")] == []
-    )
+    assert leftover_sandboxes(engine.sandbox_root) == []
 
 
 # ---- retry-failed ----

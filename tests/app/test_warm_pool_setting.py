@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from app.container import Container
+from app.composition import build_container
 from infrastructure.sandbox.local import LocalSandboxProvider
 from infrastructure.sandbox.local.warm_pool import WarmPool
 from infrastructure.settings import Settings
@@ -25,7 +25,7 @@ async def test_a_worker_pre_starts_as_many_as_its_slots_unless_told_otherwise(
         "ASSAY_SECRET_KEY": Fernet.generate_key().decode(),
         "ASSAY_SANDBOX_ROOT": str(tmp_path / "sandboxes"),
     } | ({"ASSAY_SANDBOX_WARM": setting} if setting is not None else {})
-    container = Container.build(Settings.from_env(env))
+    container = build_container(Settings.from_env(env))
     try:
         local = container.worker_pool(4).providers.get("local")
         if size is None:

@@ -8,6 +8,7 @@ passes because `unshare` is missing from the image would prove nothing.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +48,12 @@ def gateways(provider: DockerSandboxProvider, box: DockerSandbox) -> list[str]:
     found = []
     for network in (box.network, "bridge"):
         for config in provider.api.inspect_network(network)["IPAM"]["Config"] or []:
-            if config.get("Gateway"):
-                found.append(config["Gateway"])
+            # Some daemons leave the default bridge's Gateway out: it is then the subnet's
+            # first address, as docker assigns it (docker0's address).
+            gateway = config.get("Gateway") or str(
+                next(ipaddress.ip_network(config["Subnet"]).hosts())
+            )
+            found.append(gateway)
     return found
 
 

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain.item import IN_FLIGHT
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.protocol import TranscriptMessage
 from infrastructure.clock import Clock, iso, system_clock
@@ -33,7 +32,6 @@ _QUEUED_ITEMS = (
     .order_by(items.c.position)
     .limit(sa.bindparam("limit"))
 )
-_IN_FLIGHT_ITEMS = sa.select(items.c.doc).where(items.c.status.in_(sorted(IN_FLIGHT)))
 _INSERT_TRANSCRIPT = transcript_messages.insert()
 
 
@@ -108,11 +106,6 @@ class WorkQueue:
                 await conn.execute(_QUEUED_ITEMS, {"evaluation_id": evaluation_id, "limit": limit})
             ).scalars()
             return [decode_item(d) for d in docs.all()]
-
-    async def in_flight_items(self) -> list[ItemView]:
-        async with self.engine.connect() as conn:
-            docs = (await conn.execute(_IN_FLIGHT_ITEMS)).scalars().all()
-        return [decode_item(d) for d in docs]
 
     # ---- worker registry ----
 

@@ -10,6 +10,9 @@ While it runs, the same window is measured twice: workers alone, then workers pl
 clients polling `GET /evaluation/{id}` (the `dn --wait` and dashboard read). CPU per GET is
 (CPU of the loaded window - CPU of the quiet window) / GETs completed.
 
+`--writer worker-process` runs the same slots in an `assay worker` process of their own beside
+the server (how a deployment runs them: the server's loop then serves reads only, and learns
+of the worker's appends through its tailer); the quiet window then counts the server alone.
 `--writer api` replaces the workers (whose sandboxes dominate this box's CPU) with
 `--writers` clients that cancel and retry the polled evaluation in a loop: each accepted
 request is an append made by the serving process itself, the case where an evicting cache
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +60,9 @@ def status_of(server: Server, path: str, key: str) -> dict[str, object]:
 
 
 WRITES = [0]
+
+
+WORKER_ARGV = (sys.executable, "-c", "from app.cli import main; main()", "worker", "--slots")
 
 
 def churn(server: Server, path: str, key: str, stop: threading.Event) -> None:
@@ -108,6 +115,7 @@ def run(backend: Backend, args: argparse.Namespace) -> None:
                 raise RuntimeError(f"create answered {code}: {created[:300]!r}")
             path = f"{base}/evaluation/{json.loads(created)['id']}"
             writes = 0
+            worker: subprocess.Popen[bytes] | None = None
             stop = threading.Event()
             writers = [
                 threading.Thread(target=churn, args=(server, path, key, stop))
@@ -115,6 +123,15 @@ def run(backend: Backend, args: argparse.Namespace) -> None:
             ]
             for writer in writers:
                 writer.start()
+            if args.writer == "worker-process":
+                worker = subprocess.Popen(
+                    [*WORKER_ARGV, str(args.workers)],
+                    env={**server_env, "ASSAY_WORKERS": str(args.workers)},
+                    cwd=bench_api.ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=(backend.workdir / "worker.log").open("ab"),
+                    start_new_session=True,
+                )
             if not writers:
                 # Measure once items flow (the first sandboxes take a while to provision).
                 deadline = time.monotonic() + 120
@@ -135,11 +152,17 @@ def run(backend: Backend, args: argparse.Namespace) -> None:
             stop.set()
             for writer in writers:
                 writer.join()
+            if worker is not None:
+                worker.terminate()
+                worker.wait(timeout=60)
             writes = WRITES[0]
             after = status_of(server, path, key)
             done = finished(after)
             source = (
-                f"{args.writers} cancel/retry clients" if writers else f"{args.workers} workers"
+                f"{args.writers} cancel/retry clients"
+                if writers
+                else f"{args.workers} workers"
+                + (" in an `assay worker` process" if worker is not None else " in process")
             )
             print(
                 f"{backend.name}: GET of a running evaluation, {source}, 32 polling "
@@ -162,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--isolation", choices=["strict", "weak"], default="strict")
-    parser.add_argument("--writer", choices=["workers", "api"], default="workers")
+    parser.add_argument("--writer", choices=["workers", "worker-process", "api"], default="workers")
     parser.add_argument("--writers", type=int, default=4, help="clients writing, with api")
     parser.add_argument("--code", type=Path, help="serve from this checkout instead")
     args = parser.parse_args(argv)

@@ -195,6 +195,37 @@ async def test_put_tree_copies_the_folder_but_not_excluded_paths(tmp_path: Path)
         await box.destroy()
 
 
+async def test_put_tree_places_a_large_tree_with_modes_and_skips_links_and_nested_exclusions(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "bundle"
+    for n in range(300):  # more files than one write request carries
+        folder = source / "haystack" / f"d{n % 7}" / f"e{n % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{n:03}.txt").write_text(f"content {n}\n" * (n % 5))
+    (source / "run.sh").write_text("echo run\n")
+    (source / "run.sh").chmod(0o750)
+    (source / "checks").mkdir()
+    (source / "checks" / "verify.sh").write_text("the checker")
+    (source / "checks" / "public.txt").write_text("public")
+    (source / "shadow").symlink_to("/etc/shadow")
+    box = await provision(tmp_path / "sb")
+    try:
+        await box.put_tree(source, exclude=frozenset({"checks/verify.sh"}))
+        listing = await box.run("find . -type f | sort; find . -type l | wc -l", timeout_sec=10)
+        lines = listing.stdout.splitlines()
+        assert lines[-1] == "0"  # the bundle's link was not copied, nor followed
+        placed = lines[:-1]
+        assert len(placed) == 302 and "./checks/public.txt" in placed
+        assert "./checks/verify.sh" not in placed and "./shadow" not in placed
+        assert await box.get_file("haystack/d3/e1/file010.txt") == b""
+        assert await box.get_file("haystack/d4/e1/file004.txt") == b"content 4\n" * 4
+        mode = await box.run("stat -c %a run.sh", timeout_sec=10)
+        assert mode.stdout.strip() == "750"
+    finally:
+        await box.destroy()
+
+
 @pytest.mark.parametrize("path", ["../outside", "/etc/passwd", "", "a/../../b", "/workspace"])
 async def test_paths_outside_the_workspace_and_tmp_are_refused(tmp_path: Path, path: str) -> None:
     box = await provision(tmp_path)

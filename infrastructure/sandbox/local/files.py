@@ -14,7 +14,13 @@ from pathlib import Path, PurePosixPath
 
 from infrastructure.sandbox.protocol import SandboxError, SandboxFileNotFound
 
-__all__ = ["SandboxFileNotFound", "read_beneath", "relative_parts", "resolve_inside"]
+__all__ = [
+    "SandboxFileNotFound",
+    "read_beneath",
+    "relative_parts",
+    "resolve_inside",
+    "tree_files",
+]
 
 
 def relative_parts(path: str) -> tuple[str, ...]:
@@ -67,3 +73,23 @@ def read_beneath(root: Path, parts: tuple[str, ...], limit: int) -> bytes:
         return b"".join(chunks)[:limit]
     finally:
         os.close(leaf)
+
+
+def tree_files(source: Path, exclude: frozenset[str]) -> list[tuple[str, int, bytes]]:
+    """The regular files below `source` as (relative path, mode, content), in path order,
+    without links and without `exclude` (paths relative to `source`; excluding a folder
+    excludes its contents). Runs off the loop: a task tree is read whole."""
+    skip = {entry.strip("/") for entry in exclude}
+    files: list[tuple[str, int, bytes]] = []
+    for folder, folders, names in os.walk(source):
+        relative = PurePosixPath(Path(folder).relative_to(source).as_posix())
+        folders[:] = sorted(f for f in folders if (relative / f).as_posix() not in skip)
+        for name in sorted(names):
+            path = (relative / name).as_posix()
+            if path in skip:
+                continue
+            info = os.lstat(os.path.join(folder, name))
+            if stat.S_ISREG(info.st_mode):
+                with open(os.path.join(folder, name), "rb") as handle:
+                    files.append((path, info.st_mode, handle.read()))
+    return files

@@ -30,7 +30,12 @@ import msgspec
 from infrastructure.sandbox.local.cgroups import Cgroup
 from infrastructure.sandbox.local.constants import META_SUFFIX, SAFE_PATH
 from infrastructure.sandbox.local.exec_client import ExecServer
-from infrastructure.sandbox.local.files import SandboxFileNotFound, read_beneath, relative_parts
+from infrastructure.sandbox.local.files import (
+    SandboxFileNotFound,
+    read_beneath,
+    relative_parts,
+    tree_files,
+)
 from infrastructure.sandbox.local.metadata import (
     SandboxMeta,
     remove_sandbox_files,
@@ -264,23 +269,18 @@ class StrictSandbox:
     async def put_file(self, relative_path: str, content: bytes, mode: int = 0o644) -> None:
         relative_parts(relative_path)
         server = await self._server(self._agent)
-        await server.write(relative_path, content, mode)
+        await server.write([(relative_path, mode, content)])
 
     async def put_tree(self, source: Path, exclude: frozenset[str] = frozenset()) -> None:
         source = Path(source)
         if not source.is_dir():
             raise SandboxError(f"cannot copy {source}: not a directory")
-        skip = {entry.strip("/") for entry in exclude}
-        for path in sorted(source.rglob("*")):
-            relative = path.relative_to(source)
-            if any(
-                relative.parts[: depth + 1] == PurePosixPath(entry).parts
-                for entry in skip
-                for depth in range(len(relative.parts))
-            ):
-                continue
-            if path.is_file() and not path.is_symlink():
-                await self.put_file(relative.as_posix(), path.read_bytes(), path.stat().st_mode)
+        try:
+            files = await asyncio.to_thread(tree_files, source, exclude)
+        except OSError as exc:
+            raise SandboxError(f"cannot copy {source} into sandbox {self.id}: {exc}") from exc
+        server = await self._server(self._agent)
+        await server.write(files)
 
     async def get_file(self, path: str) -> bytes:
         principal = self._agent.principal

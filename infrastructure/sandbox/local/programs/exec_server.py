@@ -11,7 +11,9 @@ message is one object, file descriptors beside it (SCM_RIGHTS); requests arrive 
 replies leave as JSON written by `to_json` (the worker never unmarshals what a sandbox sent):
   {"op": "run", "id": N, "command": str, "env": {..}, "cwd": str, "limits": [cpu, mem, fsize,
    nproc]} + fds [stdin, stdout, stderr]  ->  {"id": N, "pid": P} then {"id": N, "exit": C}
-  {"op": "write", "id": N, "path": str, "mode": M} + fds [source]  ->  {"id": N, "ok": true}
+  {"op": "write", "id": N, "files": [[path, mode, offset, length], ...]} + fds [source]
+   ->  {"id": N, "ok": true}  (each file is `length` bytes of the one source at `offset`: a
+   task's whole tree is one request, not one round trip per file)
   {"op": "wait_port", "id": N, "port": P, "timeout": T}  ->  {"id": N, "ok": bool}
 Errors answer {"id": N, "error": str}. End of file on the channel means the worker is gone (or
 done with this view): PID 1 exits, and the kernel kills every process of the namespace.
@@ -127,10 +129,18 @@ def start(channel: _socket.socket, message: dict[str, object], fds: list[int]) -
     return pid
 
 
-def write_file(message: dict[str, object], fds: list[int]) -> None:
-    """Copy the passed descriptor's content to `path` below the working directory, creating
-    folders; never through a link (the sandbox's own commands may have planted one)."""
-    path = str(message["path"])
+def write_files(message: dict[str, object], fds: list[int]) -> None:
+    """Place each listed file below the working directory, its content read from the one
+    passed descriptor at its offset, creating folders; never through a link (the sandbox's own
+    commands may have planted one)."""
+    files = message["files"]
+    if not isinstance(files, list):
+        raise ValueError("files must be a list")
+    for path, mode, offset, length in files:
+        write_file(str(path), int(mode), fds[0], int(offset), int(length))
+
+
+def write_file(path: str, mode: int, source: int, offset: int, length: int) -> None:
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if path.startswith("/") or not parts or ".." in parts:
         raise ValueError(f"path {path!r} escapes the workspace")
@@ -151,9 +161,14 @@ def write_file(message: dict[str, object], fds: list[int]) -> None:
     finally:
         os.close(directory)
     try:
-        while chunk := os.read(fds[0], 1 << 20):
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(source, min(end - offset, 1 << 20), offset)
+            if not chunk:
+                raise ValueError(f"the source ends before {path!r} does")
             os.write(target, chunk)
-        os.fchmod(target, int(str(message["mode"])) & 0o777)
+            offset += len(chunk)
+        os.fchmod(target, mode & 0o777)
     finally:
         os.close(target)
 
@@ -236,7 +251,7 @@ def serve(channel: _socket.socket) -> None:
                     leaders[leader] = ident
                     send(channel, {"id": ident, "pid": leader})
                 elif op == "write" and len(fds) == 1:
-                    write_file(message, fds)
+                    write_files(message, fds)
                     send(channel, {"id": ident, "ok": True})
                 elif op == "wait_port":
                     port, timeout = int(message["port"]), float(message["timeout"])

@@ -7,18 +7,21 @@ what lets the write path keep up with the raw driver (see scripts/bench_api.py).
 fails is retried one unit per transaction, so one unit's conflict never fails its neighbours.
 
 Global order equals commit order: on SQLite every append transaction is BEGIN IMMEDIATE (one
-writer at a time); on PostgreSQL it first takes one transaction-scoped advisory lock, so a
-position is never visible before a smaller one commits.
+writer at a time); on PostgreSQL it first takes one transaction-scoped advisory lock (the
+append function does), so a position is never visible before a smaller one commits.
 
 The transaction body is synchronous code on a SQLAlchemy `Connection`: on a SQLite file it
 runs whole on the event loop's own connection while the write lock is free, else on the
 store's writer thread (`infrastructure.db.sqlite_writer`), on PostgreSQL through
-`AsyncConnection.run_sync` over asyncpg. One body, two ways to reach the database.
+`AsyncConnection.run_sync` over asyncpg, on one connection the store keeps for its appends
+(`infrastructure.db.postgres_writer`: no pool check per append). One body, two ways to reach
+the database.
 
 The audit hash chains (domain/audit_chain.py) are computed in that body too, under the same
 lock: the global chain continues from the last row's `chain_hash` (one indexed read per batch
-on SQLite; on PostgreSQL the insert itself checks that the head is still the one this store
-last committed, and the head is read only when another writer moved it) and each stream
+on SQLite; on PostgreSQL one call of the database function `assay_append_events` (migration
+0009) takes the lock, checks that the head is still the one this store last committed and
+inserts, and the head is read only when another writer moved it) and each stream
 from its previous event's `hash`, kept in memory after commits (an event at a given stream
 version never changes, so a remembered hash stays right even with other writer processes) and
 read from the log on a miss.
@@ -46,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from domain.audit_chain import ZERO_HASH, Chainer, canonical_body, canonical_text, hash_body
 from infrastructure.db.append_only import VERSION_GAP_MESSAGE
 from infrastructure.db.engine import create_sqlite_sync_engine, write_transaction
+from infrastructure.db.postgres_writer import PostgresWriter
 from infrastructure.db.sqlite_writer import SQLiteWriter
 from infrastructure.db.store_tables import events
 from infrastructure.metrics import observe_batch
@@ -241,7 +245,11 @@ class EventStore:
         # checks it instead of reading the head first).
         self._chain_head: tuple[int, str] | None = None
         sync_engine = create_sqlite_sync_engine(engine)
-        self._writer = SQLiteWriter(sync_engine) if sync_engine is not None else None
+        self._writer: SQLiteWriter | PostgresWriter | None = None
+        if sync_engine is not None:
+            self._writer = SQLiteWriter(sync_engine)
+        elif self._is_postgres:
+            self._writer = PostgresWriter(engine)
 
     # ---- writing ----
 
@@ -274,6 +282,19 @@ class EventStore:
             await self._writer.close()
 
     async def _drain(self) -> None:
+        while True:
+            await self._drain_pending()
+            # One turn of the loop first: callers just answered often append again at once
+            # (a worker's next transition), and their units join this drain.
+            await asyncio.sleep(0)
+            if self._pending:
+                continue
+            if isinstance(self._writer, PostgresWriter):
+                await self._writer.release()  # idle: its connection goes back to the pool
+            if not self._pending:
+                return  # appends from here on start a new drain (this task is done)
+
+    async def _drain_pending(self) -> None:
         while self._pending:
             batch = self._pending[:MAX_BATCH_UNITS]
             del self._pending[:MAX_BATCH_UNITS]
@@ -300,6 +321,7 @@ class EventStore:
 
     async def _commit(self, batch: list[_Unit]) -> None:
         if self._writer is not None:
+            # On PostgreSQL the batch's insert takes the append lock itself (see `insert`).
             recorded = await self._writer.transaction(lambda conn: self._write_batch(conn, batch))
         else:
             async with self.append_transaction() as conn:
@@ -356,10 +378,12 @@ class EventStore:
         is_postgres = conn.dialect.name == "postgresql"
         if is_postgres and chain_head is not None:
             rows = _chained_rows(appends, prev_hashes, chain_head[1])
-            result = conn.exec_driver_sql(_PG_INSERT_AT_HEAD, (*_pg_arrays(rows), chain_head[0]))
+            result = conn.exec_driver_sql(_PG_APPEND_AT_HEAD, (*_pg_arrays(rows), chain_head[0]))
             given = {event_id: position for event_id, position in result.all()}
             if given:
                 return _pg_recorded(rows, given, chain_head[0])
+        if is_postgres:  # the head is unknown or moved: read it under the lock (held again)
+            conn.execute(_PG_LOCK)
         head = conn.execute(_CHAIN_HEAD).first()
         last_position, head_hash = (head[0], head[1]) if head is not None else (0, ZERO_HASH)
         rows = _chained_rows(appends, prev_hashes, head_hash)
@@ -501,12 +525,12 @@ _PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_i
     ", ".join(_PG_COLUMNS),
     ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
 )
-# The same, inserting only while the log's last position is still $14 (the head the rows'
-# chain continues, as the store last committed it); no rows back: another writer moved it.
-_PG_INSERT_AT_HEAD = _PG_INSERT.replace(
-    " RETURNING ",
-    f" WHERE (SELECT coalesce(max(position), 0) FROM events) = ${len(_PG_COLUMNS) + 1}::int8"
-    " RETURNING ",
+# The append lock, the head check and the insert in one call (migration 0009): the rows go
+# in only while the log's last position is still $14, the head their chain continues as this
+# store last committed it; no rows back: another writer moved it (the lock is held by then).
+_PG_APPEND_AT_HEAD = "SELECT * FROM assay_append_events({}, ${}::int8)".format(
+    ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
+    len(_PG_COLUMNS) + 1,
 )
 
 

@@ -8,7 +8,6 @@ version, so old history keeps decoding after an event's schema changes.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ import msgspec
 from domain.evaluation import AnyEvent, stream_of
 from domain.projections import Actor, Envelope
 from infrastructure.eventstore import NewEvent, RecordedEvent, StreamAppend
+from infrastructure.ids import new_time_ordered_id
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -68,7 +68,7 @@ _recent: dict[str, AnyEvent] = {}
 
 def encode(event: AnyEvent, metadata: EventMetadata) -> NewEvent:
     kind = event_type(event)
-    event_id = str(uuid.uuid4())
+    event_id = new_time_ordered_id()
     if len(_recent) >= _RECENT_LIMIT:
         _recent.clear()
     _recent[event_id] = event

@@ -21,6 +21,7 @@ from infrastructure.clock import utc_now
 from infrastructure.db.engine import write_transaction
 from infrastructure.db.store_tables import READ_MODEL_TABLES
 from infrastructure.eventstore import EventStore, NewEvent, StreamAppend
+from infrastructure.ids import new_time_ordered_id
 from infrastructure.readmodels import Projector
 from infrastructure.view_cache import REBUILT_EVENT
 
@@ -88,7 +89,7 @@ def _rebuilt_event(through_position: int) -> StreamAppend:
         expected_version=0,
         events=[
             NewEvent(
-                event_id=str(uuid.uuid4()),
+                event_id=new_time_ordered_id(),
                 event_type=REBUILT_EVENT,
                 data=msgspec.json.encode(data).decode(),
             )

@@ -220,6 +220,7 @@ async def assay_rate(spec: dict[str, Any]) -> float:
     from infrastructure.db.engine import create_engine
     from infrastructure.db.migrate import upgrade
     from infrastructure.eventstore import NewEvent, StreamAppend
+    from infrastructure.ids import new_time_ordered_id
 
     await upgrade(spec["url"])
     engine = create_engine(spec["url"])
@@ -229,11 +230,12 @@ async def assay_rate(spec: dict[str, Any]) -> float:
     deadline = start + spec["duration"]
 
     async def writer() -> int:
-        stream, version, done = str(uuid.uuid4()), 0, 0
+        # Event ids as the product makes them (infrastructure.codec): UUIDv7.
+        stream, version, done = str(uuid.uuid4()), 0, 0  # as evaluation and item ids
         while True:
             events = [
                 NewEvent(
-                    event_id=str(uuid.uuid4()),
+                    event_id=new_time_ordered_id(),
                     event_type="bench.appended",
                     data=payload % (version + n),
                 )

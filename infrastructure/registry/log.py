@@ -11,7 +11,6 @@ per task version or set edit), so this costs one indexed range read per request.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -24,6 +23,7 @@ from infrastructure import codec
 from infrastructure.clock import utc_now
 from infrastructure.db.store_tables import events
 from infrastructure.eventstore import EventStore, NewEvent, RecordedEvent, StreamAppend
+from infrastructure.ids import new_time_ordered_id
 
 _encoder = msgspec.json.Encoder()
 _task_decoder = msgspec.json.Decoder(reg.AnyTaskEvent)
@@ -116,7 +116,7 @@ class RegistryLog:
                     expected_version=expected_version,
                     events=[
                         NewEvent(
-                            event_id=str(uuid.uuid4()),
+                            event_id=new_time_ordered_id(),
                             event_type=str(type(e).__struct_config__.tag),
                             data=_encoder.encode(e).decode(),
                             metadata=encoded_metadata,

@@ -26,8 +26,12 @@ own and on a fresh database, the two sides alternating which goes first:
   (eventsourcing: `insert_events` of 1,000; Assay: `EventStore.append` of 1,000).
 
 Printed: each side's rate, min / median / max over the runs, and the ratio Assay /
-eventsourcing of each run's pair with its target (issue 10). Compare ratios, not figures:
-the box is shared. Also runnable from `scripts/bench_compare.py --only eventsourcing`.
+eventsourcing of each run's pair with its target (issue 10). For SQLite with one writer also
+the floor of Assay's schema: the same rows, prebuilt, through stdlib sqlite3 alone into a
+freshly migrated Assay database (its table, indexes and append-only triggers), as a ratio to
+eventsourcing: what a commit path with no Python of its own could reach on that schema.
+Compare ratios, not figures: the box is shared. Also runnable from
+`scripts/bench_compare.py --only eventsourcing`.
 """
 
 from __future__ import annotations
@@ -205,7 +209,7 @@ def measure(side: str, scenario: str, duration: float, python: Path, folder: Pat
             command = [str(python), str(program), json.dumps({**spec, "env": db.es_env()})]
         else:
             spec["url"] = db.assay_url()
-            command = [sys.executable, __file__, "_assay", json.dumps(spec)]
+            command = [sys.executable, __file__, f"_{side}", json.dumps(spec)]
         out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=folder)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
 
@@ -260,6 +264,47 @@ async def assay_rate(spec: dict[str, Any]) -> float:
     return sum(counts) / spec["duration"]
 
 
+def floor_rate(spec: dict[str, Any]) -> float:
+    """Assay's own table and triggers (freshly migrated) with nothing of Assay's Python: the
+    same rows, prebuilt, through the stdlib driver as the store sends them (BEGIN IMMEDIATE,
+    the chain head's read, one executemany, COMMIT). What any commit path on this schema
+    could reach at best; hashes are constant strings of their real width."""
+    sys.path.insert(0, str(ROOT))
+    import sqlite3
+
+    from infrastructure.db.migrate import upgrade
+    from infrastructure.ids import new_time_ordered_id
+
+    asyncio.run(upgrade(spec["url"]))
+    conn = sqlite3.connect(spec["url"].split("///", 1)[1], isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    payload, per_append, digest = spec["payload"], spec["per_append"], "0" * 64
+    insert = "INSERT INTO events VALUES (" + ", ".join("?" * 14) + ")"
+    stream, version, position, done = str(uuid.uuid4()), 0, 0, 0
+    start = time.perf_counter() + spec["warm_up"]
+    deadline = start + spec["duration"]
+    while True:
+        rows = []
+        for _ in range(per_append):
+            version += 1
+            position += 1
+            event = (new_time_ordered_id(), "bench", stream, version, "bench.appended", 1)
+            content = (payload % version, "{}", "2026-11-30T00:00:00.000000Z")
+            rows.append((position, *event, *content, digest, digest, digest, digest))
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SELECT position, chain_hash FROM events ORDER BY position DESC LIMIT 1")
+        conn.executemany(insert, rows)
+        conn.execute("COMMIT")
+        now = time.perf_counter()
+        if now > deadline:
+            break
+        if now > start:
+            done += per_append
+    conn.close()
+    return done / spec["duration"]
+
+
 # ---- the comparison ----
 
 
@@ -274,7 +319,7 @@ def run(args: argparse.Namespace) -> None:
         if name not in SCENARIOS:
             raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     figures: dict[str, dict[str, list[float]]] = {
-        name: {"assay": [], "eventsourcing": []} for name in scenarios
+        name: {"assay": [], "eventsourcing": [], "floor": []} for name in scenarios
     }
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-es-") as tmp:
@@ -284,6 +329,8 @@ def run(args: argparse.Namespace) -> None:
                 sides = ["assay", "eventsourcing"]
                 if (round_ + index) % 2:
                     sides.reverse()
+                if SCENARIOS[name][:2] == ("sqlite", 1):
+                    sides.append("floor")
                 for side in sides:
                     rate = measure(side, name, args.duration, python, folder)
                     figures[name][side].append(rate)
@@ -293,8 +340,11 @@ def run(args: argparse.Namespace) -> None:
         f"runs of {args.duration:g} s; min / median / max ({os.cpu_count()} cores, shared; "
         f"load average before {load_before}, after {load_average()})\n"
     )
-    print("| scenario | eventsourcing /s | Assay /s | Assay / eventsourcing | target |")
-    print("|---|---|---|---|---|")
+    print(
+        "| scenario | eventsourcing /s | Assay /s | Assay / eventsourcing | target "
+        "| Assay's schema, stdlib sqlite3 alone / eventsourcing |"
+    )
+    print("|---|---|---|---|---|---|")
     for name in scenarios:
         backend, writers, per_append, target = SCENARIOS[name]
         ours, theirs = figures[name]["assay"], figures[name]["eventsourcing"]
@@ -305,15 +355,20 @@ def run(args: argparse.Namespace) -> None:
             f"{per_append} event{'s' if per_append > 1 else ''}/append ({unit}/s)"
         )
         verdict = "met" if statistics.median(ratios) >= target else "not met"
+        floor = figures[name]["floor"]
+        floors = [f / e for f, e in zip(floor, theirs, strict=True)] if floor else []
         print(
             f"| {label} | {summary(theirs)} | {summary(ours)} | {summary(ratios, 2)} "
-            f"| >= {target:.1f}x: {verdict} |"
+            f"| >= {target:.1f}x: {verdict} | {summary(floors, 2) if floors else '-'} |"
         )
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_assay"]:
         print(json.dumps({"rate": asyncio.run(assay_rate(json.loads(argv[1])))}))
+        return 0
+    if argv[:1] == ["_floor"]:
+        print(json.dumps({"rate": floor_rate(json.loads(argv[1]))}))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs (default 3)")

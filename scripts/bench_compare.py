@@ -168,7 +168,7 @@ async def assay_once(backend: str, samples: int, concurrency: int, warm: bool) -
     from cryptography.fernet import Fernet
 
     from app.api.schemas import CreateEvaluationRequest
-    from app.container import Container
+    from app.composition import build_container
     from app.logging import configure_logging
     from app.services.evaluations import CommandContext
     from domain.evaluation import TERMINAL_STATUSES
@@ -204,7 +204,7 @@ async def assay_once(backend: str, samples: int, concurrency: int, warm: bool) -
             sandbox_warm=-1 if warm else 0,
             log_level="WARNING",
         )
-        container = Container.build(settings)
+        container = build_container(settings)
         try:
             boot = await bootstrap(
                 container.identity, org_key="bench", workspace_key="main", email="b@x.y"
@@ -229,7 +229,6 @@ async def assay_once(backend: str, samples: int, concurrency: int, warm: bool) -
                             concurrency=limit,
                         ),
                     )
-                    pool.wake()
                     while True:
                         current = await container.queries.evaluation(view.id)
                         assert current is not None

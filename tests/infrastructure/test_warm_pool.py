@@ -176,3 +176,16 @@ async def test_the_pool_refills_after_each_hand_out_and_gives_back_what_nobody_a
         assert [meta for meta in pool.provider.sandboxes() if meta.item_id == "warm"] == []
     finally:
         await pool.close()
+
+
+async def test_closing_while_a_sandbox_is_being_started_leaves_no_sandbox_and_no_mount(
+    pool: WarmPool,
+) -> None:
+    first = await take(pool, "item-a")  # the pool starts filling now
+    await asyncio.sleep(0.02)  # a warm sandbox is half-way through its start
+    await pool.close()
+    await first.destroy()
+    assert pool.provider.sandboxes() == []
+    networks = str(pool.provider.networks_root)
+    with open("/proc/self/mountinfo") as mounts:
+        assert [line for line in mounts if networks in line] == []

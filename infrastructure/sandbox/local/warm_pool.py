@@ -37,6 +37,8 @@ log = structlog.get_logger(__name__)
 
 WARM_ITEM = "warm"
 IDLE_SECONDS = 60.0
+# How long `close` lets a sandbox being started finish before cancelling it (a host problem).
+CLOSE_WAIT_SECONDS = 30.0
 
 
 class WarmPool:
@@ -148,11 +150,18 @@ class WarmPool:
                 await sandbox.destroy()
 
     async def close(self) -> None:
-        """Destroy the sandboxes not handed out; the pool serves nothing more."""
+        """Destroy the sandboxes not handed out; the pool serves nothing more.
+
+        A sandbox being started is let finish and then destroyed by the filler itself:
+        cancelling a start half-way left what it had made so far (a namespace's mount)."""
         self._closed = True
+        self._taken.set()  # wakes a filler waiting for demand: it sees the pool closed
         filler, self._filler = self._filler, None
         if filler is not None:
-            filler.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(filler), CLOSE_WAIT_SECONDS)
+            except TimeoutError:
+                filler.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await filler
         await self._drain()

@@ -123,8 +123,17 @@ class ItemNetwork:
                 never, _ = await asyncio.gather(
                     firewall.host_networks(), firewall.ensure_host_guard(slirp_gid)
                 )
-            # create_netns removes its own file if it fails.
-            sock = await asyncio.to_thread(create_netns, netns, DNS_ADDRESS)
+            # create_netns removes its own file if it fails. Cancelled meanwhile (a worker
+            # stopping), its thread goes on and binds the namespace all the same: wait for
+            # it, so the cleanup below unmounts what it made instead of leaving the mount.
+            creating = asyncio.ensure_future(asyncio.to_thread(create_netns, netns, DNS_ADDRESS))
+            try:
+                sock = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                made_netns = True
+                with contextlib.suppress(Exception):
+                    (await creating).close()
+                raise
             made_netns = True
 
             opened: set[str] = set()

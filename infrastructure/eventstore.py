@@ -187,9 +187,13 @@ _READ_ALL = (
 )
 _BY_EVENT_IDS = _SELECT.where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 _LAST_POSITION = sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))
-_STREAM_VERSION = sa.select(sa.func.coalesce(sa.func.max(events.c.stream_version), 0)).where(
-    events.c.stream_type == sa.bindparam("stream_type"),
-    events.c.stream_id == sa.bindparam("stream_id"),
+_STREAM_VERSIONS = (
+    sa.select(events.c.stream_id, sa.func.max(events.c.stream_version))
+    .where(
+        events.c.stream_type == sa.bindparam("stream_type"),
+        events.c.stream_id.in_(sa.bindparam("stream_ids", expanding=True)),
+    )
+    .group_by(events.c.stream_id)
 )
 _CHAIN_HEAD = (
     sa.select(events.c.position, events.c.chain_hash).order_by(events.c.position.desc()).limit(1)
@@ -496,13 +500,17 @@ class EventStore:
             result = await conn.execute(_BY_EVENT_IDS, {"ids": list(event_ids)})
             return [_row(r) for r in result.all()]
 
-    async def stream_version(self, stream_type: str, stream_id: str) -> int:
-        """How many events the stream holds (0: none)."""
+    async def stream_versions(self, stream_type: str, stream_ids: Sequence[str]) -> dict[str, int]:
+        """How many events each stream holds, in one query (a stream with none: absent)."""
+        found: dict[str, int] = {}
         async with self.engine.connect() as conn:
-            result = await conn.execute(
-                _STREAM_VERSION, {"stream_type": stream_type, "stream_id": stream_id}
-            )
-            return int(result.scalar_one())
+            for start in range(0, len(stream_ids), 500):
+                chunk = list(stream_ids[start : start + 500])
+                result = await conn.execute(
+                    _STREAM_VERSIONS, {"stream_type": stream_type, "stream_ids": chunk}
+                )
+                found.update((stream_id, int(version)) for stream_id, version in result)
+        return found
 
     async def last_position(self) -> int:
         async with self.engine.connect() as conn:
@@ -689,4 +697,6 @@ class EventLog(Protocol):
         self, stream_type: str, stream_ids: Sequence[str]
     ) -> dict[str, list[RecordedEvent]]: ...
 
-    async def stream_version(self, stream_type: str, stream_id: str) -> int: ...
+    async def stream_versions(
+        self, stream_type: str, stream_ids: Sequence[str]
+    ) -> dict[str, int]: ...

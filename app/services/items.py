@@ -89,9 +89,10 @@ class ItemService:
             return None  # taken meanwhile, no longer queued, or the evaluation is at capacity
         return item
 
-    async def stored_version(self, item_id: str) -> int:
-        """How many events the item's stream holds now (a watcher compares it with its own)."""
-        return await self.repository.store.stream_version("item", item_id)
+    async def stored_versions(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """How many events each item's stream holds now (watchers compare them with their
+        own), in one query."""
+        return await self.repository.store.stream_versions("item", item_ids)
 
     async def renew(self, worker_id: str, item_ids: Collection[str]) -> None:
         await self.leases.renew(worker_id, list(item_ids), self.lease_until())

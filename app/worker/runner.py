@@ -25,6 +25,7 @@ import structlog
 
 from app.services.items import ClaimedItem, ItemLost, ItemService
 from app.worker.live_transcript import LiveTranscript
+from app.worker.stream_watch import StreamWatch
 from app.worker.verification import (
     CheckerBroke,
     TaskUnrunnable,
@@ -152,6 +153,7 @@ class ItemRunner:
         self.items = items
         self.transcripts = transcripts
         self.default_max_steps = default_max_steps
+        self.versions = StreamWatch(items.stored_versions, CANCEL_POLL_SECONDS)
 
     async def run(self, job: ItemJob) -> None:
         """Run the item's phases while a watcher checks nobody else moved the item; if someone
@@ -169,12 +171,12 @@ class ItemRunner:
 
     async def _watch(self, job: ItemJob, work: asyncio.Future[None]) -> bool:
         """Poll the item's stream version: any append this worker did not make means the item
-        is no longer this run's (a status check alone misses cancel + retry + re-claim)."""
+        is no longer this run's (a status check alone misses cancel + retry + re-claim). The
+        running items' polls share one query per interval (app/worker/stream_watch.py)."""
         claimed = job.claimed
         while not work.done():
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
             try:
-                stored = await self.items.stored_version(claimed.item_id)
+                stored = await self.versions.next_version(claimed.item_id)
             except Exception as exc:
                 if not is_database_unavailable(exc):
                     raise

@@ -91,8 +91,9 @@ class InMemoryEventLog:
     ) -> dict[str, list[RecordedEvent]]:
         return {sid: await self.read_stream(stream_type, sid) for sid in stream_ids}
 
-    async def stream_version(self, stream_type: str, stream_id: str) -> int:
-        return self._version(stream_type, stream_id)
+    async def stream_versions(self, stream_type: str, stream_ids: Sequence[str]) -> dict[str, int]:
+        versions = {sid: self._version(stream_type, sid) for sid in stream_ids}
+        return {sid: version for sid, version in versions.items() if version > 0}
 
     def _version(self, stream_type: str, stream_id: str) -> int:
         return sum(

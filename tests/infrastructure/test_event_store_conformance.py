@@ -661,3 +661,17 @@ async def test_an_append_waits_for_the_write_lock_another_connection_holds(
             await blocker.commit()
         recorded = await pending
     assert [r.stream_version for r in recorded] == [1]
+
+
+async def test_stream_versions_answers_many_streams_in_one_call(engine: AsyncEngine) -> None:
+    store = EventStore(engine, in_transaction=log_only)
+    a, b, empty = new_id(), new_id(), new_id()
+    await store.append(
+        [stream(a, [make_event(i) for i in range(3)]), stream(b, [make_event(9)])],
+        recorded_at=AT,
+    )
+    await store.append([stream(a, [make_event(20)], expected=3)], recorded_at=LATER)
+    assert await store.stream_versions("test", [a, b, empty]) == {a: 4, b: 1}
+    assert await store.stream_versions("other", [a]) == {}
+    assert await store.stream_versions("test", []) == {}
+    await store.close()

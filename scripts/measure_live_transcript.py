@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+from app.composition import open_store
 from infrastructure.agents.protocol import TranscriptMessage
 from infrastructure.clock import utc_now
 from infrastructure.db.engine import create_engine
@@ -37,7 +38,8 @@ def message(seq: int) -> TranscriptMessage:
 async def measure(url: str) -> None:
     await upgrade(url)
     engine = create_engine(url)
-    queue = WorkQueue(engine)
+    store = open_store(engine)[0]
+    queue = WorkQueue(engine, store)
     try:
         for batch in (1, 10):
             session = str(uuid.uuid4())
@@ -53,6 +55,7 @@ async def measure(url: str) -> None:
                 f"{elapsed / MESSAGES:.2f} ms/message"
             )
     finally:
+        await store.close()
         await engine.dispose()
 
 

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.worker.live_transcript import LiveTranscript
 from infrastructure.agents.protocol import TranscriptMessage
-from infrastructure.db.engine import write_transaction
+from infrastructure.eventstore import EventStore
 from infrastructure.work_queue import WorkQueue
+
+
+@pytest.fixture
+async def queue(engine: AsyncEngine) -> AsyncIterator[WorkQueue]:
+    store = EventStore(engine, in_transaction=lambda _conn, _recorded: None)
+    yield WorkQueue(engine, store)
+    await store.close()
 
 
 def message(seq: int, text: str | None = None) -> TranscriptMessage:
@@ -26,12 +35,10 @@ async def final_write(
 ) -> None:
     write = queue.transcript_write(session, session, messages, after_seq=after_seq)
     assert write is not None
-    async with write_transaction(queue.engine) as conn:
-        await conn.run_sync(write)
+    await queue.store.write_rows([write])
 
 
-async def test_the_final_write_twice_leaves_one_row_per_message(engine: AsyncEngine) -> None:
-    queue = WorkQueue(engine)
+async def test_the_final_write_twice_leaves_one_row_per_message(queue: WorkQueue) -> None:
     session = str(uuid.uuid4())
     await queue.store_transcript(session, session, [message(1), message(2)])
     messages = [message(s) for s in range(1, 6)]
@@ -46,9 +53,8 @@ async def test_the_final_write_twice_leaves_one_row_per_message(engine: AsyncEng
 
 
 async def test_the_live_writer_stores_batches_while_running_and_reports_how_far(
-    engine: AsyncEngine,
+    queue: WorkQueue,
 ) -> None:
-    queue = WorkQueue(engine)
     session = str(uuid.uuid4())
     live = LiveTranscript(queue, session, session, interval=0.05)
     live.start()

@@ -224,7 +224,8 @@ class LocalSandboxProvider:
             await remove_item_files(meta, meta_path)
         except OSError as exc:
             raise SandboxError(f"cannot remove sandbox {meta.id}: {exc}") from exc
-        remove_stale(meta.id)
+        # Off the loop: it lists every live sandbox's group in each controller.
+        await asyncio.to_thread(remove_stale, meta.id)
 
     # -- the protocol -----------------------------------------------------------------------
 

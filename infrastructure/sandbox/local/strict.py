@@ -198,7 +198,12 @@ class StrictSandbox:
             )
             argv = provider.tools.enter(self._netns, principal.uid, principal.group) + argv
             server = ExecServer(f"{principal.role} {principal.name}", provider.output_limit)
-            cgroup = view.cgroup or provider.cgroup(f"{self.id}--{principal.name}", self.spec)
+            # Off the loop: a cgroup's mkdir and knob writes, three controllers' worth.
+            cgroup = view.cgroup
+            if cgroup is None:
+                cgroup = await asyncio.to_thread(
+                    provider.cgroup, f"{self.id}--{principal.name}", self.spec
+                )
             view.cgroup = cgroup
             try:
                 init = await server.start(argv, {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, fds.fds)

@@ -150,7 +150,7 @@ def build_container(
         sandboxes=SandboxService(
             repository=repository, queries=queries, settings=settings, clock=clock
         ),
-        queue=WorkQueue(engine, store, clock),
+        queue=WorkQueue(engine, clock),
         registry=registry,
         bundles=bundles,
         task_sets=task_sets,

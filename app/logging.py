@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import structlog
 
 # Loggers that libraries configure with handlers of their own; emptied so they propagate to
@@ -35,12 +38,21 @@ WARNINGS_ONLY = ("sqlalchemy",)
 SILENCED = ("uvicorn.access",)
 
 
+def _to_json(value: object, default: Callable[[Any], Any] = repr, **_options: object) -> str:
+    """structlog's JSON serializer: msgspec's encoder, several times faster than the standard
+    library's on an access line (every request writes one); what it cannot encode goes
+    through structlog's fallback (`default`: its repr)."""
+    return msgspec.json.encode(value, enc_hook=default).decode()
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_to_json)
+        if json
+        else structlog.dev.ConsoleRenderer()
     )
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(

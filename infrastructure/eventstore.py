@@ -279,12 +279,6 @@ class EventStore:
             self._drain_task = asyncio.create_task(self._drain())
         return await unit.future
 
-    async def write_rows(self, writes: Sequence[SideWrite]) -> None:
-        """Commit rows outside the log (a live transcript, a worker's heartbeat) in the
-        store's next append transaction: through its writer and its group commit, instead of
-        a write transaction of their own competing for the database's write lock."""
-        await self.append([], recorded_at="", side_writes=writes)
-
     async def close(self) -> None:
         if self._drain_task is not None:
             await asyncio.gather(self._drain_task, return_exceptions=True)

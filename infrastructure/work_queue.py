@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.projections import EvaluationView, ItemView
 from infrastructure.agents.protocol import TranscriptMessage
 from infrastructure.clock import Clock, iso, system_clock
+from infrastructure.db.engine import write_transaction
 from infrastructure.db.execution_tables import transcript_messages, workers
 from infrastructure.db.store_tables import evaluations, items
-from infrastructure.eventstore import EventStore, SideWrite
+from infrastructure.eventstore import SideWrite
 from infrastructure.readmodels import decode_evaluation, decode_item
 
 # A worker heartbeats every few seconds; one silent for this long is taken for dead.
@@ -88,11 +89,8 @@ class TranscriptStore(Protocol):
 
 
 class WorkQueue:
-    def __init__(self, engine: AsyncEngine, store: EventStore, clock: Clock = system_clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock = system_clock) -> None:
         self.engine = engine
-        # Writes (the worker registry, live transcripts) go through the store's writer: they
-        # share its group commit instead of taking the database's write lock on their own.
-        self.store = store
         self.clock = clock
 
     # ---- claimable work ----
@@ -112,23 +110,19 @@ class WorkQueue:
     # ---- worker registry ----
 
     async def register_worker(self, info: WorkerInfo) -> None:
-        def write(conn: Connection) -> None:
-            conn.execute(workers.delete().where(workers.c.id == info.id))
-            conn.execute(workers.insert(), msgspec.structs.asdict(info))
-
-        await self.store.write_rows([write])
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(workers.delete().where(workers.c.id == info.id))
+            await conn.execute(workers.insert(), msgspec.structs.asdict(info))
 
     async def heartbeat(self, worker_id: str, at: str) -> None:
-        def write(conn: Connection) -> None:
-            conn.execute(workers.update().where(workers.c.id == worker_id).values(heartbeat_at=at))
-
-        await self.store.write_rows([write])
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(heartbeat_at=at)
+            )
 
     async def unregister_worker(self, worker_id: str) -> None:
-        def write(conn: Connection) -> None:
-            conn.execute(workers.delete().where(workers.c.id == worker_id))
-
-        await self.store.write_rows([write])
+        async with write_transaction(self.engine) as conn:
+            await conn.execute(workers.delete().where(workers.c.id == worker_id))
 
     async def live_workers(self) -> list[WorkerInfo]:
         """Workers that sent a heartbeat within WORKER_TIMEOUT_SECONDS."""
@@ -185,7 +179,8 @@ class WorkQueue:
         )
         if write is None:
             return
-        await self.store.write_rows([write])
+        async with write_transaction(self.engine) as conn:
+            await conn.run_sync(write)
 
     async def transcript(
         self, session_id: str, *, after_seq: int = 0, limit: int = 500

@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-from app.composition import open_store
 from infrastructure.agents.protocol import TranscriptMessage
 from infrastructure.clock import utc_now
 from infrastructure.db.engine import create_engine
@@ -38,8 +37,7 @@ def message(seq: int) -> TranscriptMessage:
 async def measure(url: str) -> None:
     await upgrade(url)
     engine = create_engine(url)
-    store = open_store(engine)[0]
-    queue = WorkQueue(engine, store)
+    queue = WorkQueue(engine)
     try:
         for batch in (1, 10):
             session = str(uuid.uuid4())
@@ -55,7 +53,6 @@ async def measure(url: str) -> None:
                 f"{elapsed / MESSAGES:.2f} ms/message"
             )
     finally:
-        await store.close()
         await engine.dispose()
 
 

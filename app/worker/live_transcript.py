@@ -3,9 +3,10 @@
 
 Transcript rows are side data (the `transcript_messages` table), never events: the log stays
 one event per state change. The agent's recorder hands each message to `add` (synchronous,
-cheap: it only queues); a background task writes what is queued in one transaction, then waits
-at least `interval` seconds before the next write, so a burst of messages (a model turn and its
-tool results) costs one commit, and a slow model costs one commit per turn. What is still
+cheap: it only queues); a background task writes what is queued in one transaction `interval`
+seconds after the first message of a batch arrived, so a burst of messages (a model turn and
+its tool results) costs one commit, a slow model one commit per turn, and an agent that is done
+within the interval (a scripted solution, a quick refusal) none. What is still
 queued when the agent returns goes into the item's next append (`ItemRunner._record`), which
 replaces rows past `stored_seq`: the final write is idempotent however far the live one got.
 
@@ -77,11 +78,13 @@ class LiveTranscript:
         while not self._closing.is_set():
             await self._wake.wait()
             self._wake.clear()
+            # The messages of the next interval join this write; a run that ends meanwhile
+            # stores them with its outcome instead (one commit fewer per short item).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval)
             if self._closing.is_set():
                 return
             await self._write()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self.interval)
 
     async def _write(self) -> None:
         batch = list(self.pending)

@@ -6,22 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.worker.live_transcript import LiveTranscript
 from infrastructure.agents.protocol import TranscriptMessage
-from infrastructure.eventstore import EventStore
+from infrastructure.db.engine import write_transaction
 from infrastructure.work_queue import WorkQueue
-
-
-@pytest.fixture
-async def queue(engine: AsyncEngine) -> AsyncIterator[WorkQueue]:
-    store = EventStore(engine, in_transaction=lambda _conn, _recorded: None)
-    yield WorkQueue(engine, store)
-    await store.close()
 
 
 def message(seq: int, text: str | None = None) -> TranscriptMessage:
@@ -35,10 +26,12 @@ async def final_write(
 ) -> None:
     write = queue.transcript_write(session, session, messages, after_seq=after_seq)
     assert write is not None
-    await queue.store.write_rows([write])
+    async with write_transaction(queue.engine) as conn:
+        await conn.run_sync(write)
 
 
-async def test_the_final_write_twice_leaves_one_row_per_message(queue: WorkQueue) -> None:
+async def test_the_final_write_twice_leaves_one_row_per_message(engine: AsyncEngine) -> None:
+    queue = WorkQueue(engine)
     session = str(uuid.uuid4())
     await queue.store_transcript(session, session, [message(1), message(2)])
     messages = [message(s) for s in range(1, 6)]
@@ -53,8 +46,9 @@ async def test_the_final_write_twice_leaves_one_row_per_message(queue: WorkQueue
 
 
 async def test_the_live_writer_stores_batches_while_running_and_reports_how_far(
-    queue: WorkQueue,
+    engine: AsyncEngine,
 ) -> None:
+    queue = WorkQueue(engine)
     session = str(uuid.uuid4())
     live = LiveTranscript(queue, session, session, interval=0.05)
     live.start()
@@ -75,3 +69,18 @@ async def test_the_live_writer_stores_batches_while_running_and_reports_how_far(
     assert [m.seq for m in await queue.transcript(session)] == [1, 2, 3, 4]
     assert live.stored_seq == 4
     assert not live.pending
+
+
+async def test_a_run_that_ends_within_the_interval_makes_no_live_write(
+    engine: AsyncEngine,
+) -> None:
+    queue = WorkQueue(engine)
+    session = str(uuid.uuid4())
+    live = LiveTranscript(queue, session, session, interval=0.5)
+    live.start()
+    live.add(message(1))
+    live.add(message(2))
+    await asyncio.sleep(0.1)
+    await live.stop()  # the item's own append stores them (ItemRunner._record)
+    assert await queue.transcript(session) == []
+    assert live.stored_seq == 0 and [m.seq for m in live.pending] == [1, 2]

@@ -527,18 +527,21 @@ _SQLITE_CHAIN_HEAD = "SELECT position, chain_hash FROM events ORDER BY position 
 
 _PG_COLUMNS = _ROW_COLUMNS[1:]
 _PG_TYPES = {"stream_version": "int4", "schema_version": "int4"}
-# One statement whatever the batch size, its rows as arrays: asyncpg prepares it once per
-# connection. Rows are matched to their positions by event id (unique), never by order.
-_PG_INSERT = "INSERT INTO events ({}) SELECT * FROM unnest({}) RETURNING event_id, position".format(
-    ", ".join(_PG_COLUMNS),
-    ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
+# The rows as one typed array per column ($1 .. $13): one statement whatever the batch size,
+# which asyncpg prepares once per connection.
+_PG_ARRAYS = ", ".join(
+    f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)
+)
+# Rows are matched to their positions by event id (unique), never by order.
+_PG_INSERT = (
+    f"INSERT INTO events ({', '.join(_PG_COLUMNS)}) SELECT * FROM unnest({_PG_ARRAYS})"
+    " RETURNING event_id, position"
 )
 # The append lock, the head check and the insert in one call (migration 0009): the rows go
 # in only while the log's last position is still $14, the head their chain continues as this
 # store last committed it; no rows back: another writer moved it (the lock is held by then).
-_PG_APPEND_AT_HEAD = "SELECT * FROM assay_append_events({}, ${}::int8)".format(
-    ", ".join(f"${i}::{_PG_TYPES.get(name, 'text')}[]" for i, name in enumerate(_PG_COLUMNS, 1)),
-    len(_PG_COLUMNS) + 1,
+_PG_APPEND_AT_HEAD = (
+    f"SELECT * FROM assay_append_events({_PG_ARRAYS}, ${len(_PG_COLUMNS) + 1}::int8)"
 )
 
 

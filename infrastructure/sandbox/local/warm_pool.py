@@ -158,9 +158,8 @@ class WarmPool:
         self._taken.set()  # wakes a filler waiting for demand: it sees the pool closed
         filler, self._filler = self._filler, None
         if filler is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(filler), CLOSE_WAIT_SECONDS)
-            except TimeoutError:
+            _, still_starting = await asyncio.wait({filler}, timeout=CLOSE_WAIT_SECONDS)
+            if still_starting:
                 filler.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await filler

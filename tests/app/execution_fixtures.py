@@ -280,7 +280,10 @@ def leftover_sandboxes(root: Path) -> list[Path]:
     warm pool holds for the next items."""
 
     def pooled(path: Path) -> bool:
-        return path.name.startswith("warm--")
+        # A warm sandbox's metadata is written to `.<name>.<random>.tmp`, then renamed: the
+        # pool may be starting one right now.
+        name = path.name
+        return name.startswith("warm--") or (name.startswith(".warm--") and name.endswith(".tmp"))
 
     networks = root / ".networks"
     left = [p for p in root.iterdir() if not pooled(p) and p.name not in (".etc", ".networks")]
